@@ -1,0 +1,51 @@
+# Diabetes readmission MLOps platform. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Debian packages the test suite starts as real servers or drives (MariaDB, Prometheus,
+# Pushgateway, Chromium) and the headers mysqlclient builds against.
+APT_PACKAGES := mariadb-server prometheus prometheus-pushgateway chromium chromium-driver pkg-config libmariadb-dev
+
+.PHONY: help install system-deps demo test airflow loadtest benchmark clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the package with every service's dependencies
+
+system-deps: ## Install the Debian packages the tests need (only what is missing)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: install ## Run the platform on embedded defaults: data API, ingestion, training, serving, UI
+	$(BIN)/readmission demo
+
+test: system-deps install ## Install what the tests need and run the whole suite
+	$(BIN)/python -m pytest
+
+airflow: install ## Start `airflow standalone` with the diabetes_pipeline DAG (UI on :8080)
+	AIRFLOW_HOME=$(CURDIR)/data/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False $(BIN)/airflow standalone
+
+loadtest: install ## Headless Locust run against the local stack; reports under reports/
+	$(BIN)/readmission loadtest
+
+benchmark: install ## Run the benchmark scripts whose figures the README reports
+	$(BIN)/python benchmarks/run_all.py
+
+clean: ## Remove the virtual environment and local data
+	rm -rf $(VENV) data reports

@@ -1,0 +1,123 @@
+"""Settings: the one place that reads the environment.
+
+Every variable is listed, with its default, in `.env.example`. Defaults are the
+embedded ones (SQLite files and a local MLflow store under `DATA_DIR`), so a fresh
+checkout runs with no configuration at all.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UCI_DATASET_URL = "https://archive.ics.uci.edu/static/public/296/diabetes+130-us+hospitals+for+years+1999-2008.zip"
+
+
+class Settings(BaseSettings):
+    """Platform configuration, read from environment variables (case-insensitive) and `.env`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- data set and local folders -------------------------------------------------
+    dataset_path: str = Field(UCI_DATASET_URL, description="Path or URL of the UCI CSV (.csv, .gz or .zip).")
+    data_dir: Path = Field(Path("data"), description="Local folder for the embedded stores and reports.")
+
+    # --- EC2 data API -----------------------------------------------------------------
+    batch_size: int = Field(15_000, gt=0)
+    batch_interval_seconds: float = Field(300.0, gt=0)
+    data_api_host: str = "127.0.0.1"
+    data_api_port: int = 5001
+    data_api_url: str = "http://127.0.0.1:5001"
+    data_api_timeout_seconds: float = 60.0
+
+    # --- storage ----------------------------------------------------------------------
+    raw_db_url: str = ""  # default: sqlite:///<data_dir>/raw_data_db.sqlite
+    clean_db_url: str = ""  # default: sqlite:///<data_dir>/clean_data_db.sqlite
+    insert_chunk_rows: int = Field(2_000, gt=0, description="Rows per INSERT, below MySQL's max_allowed_packet.")
+    mysql_raw_conn_id: str = "mysql_raw"
+    mysql_clean_conn_id: str = "mysql_clean"
+
+    # --- S3 / MinIO -------------------------------------------------------------------
+    s3_bucket: str = "diabetes-batches"
+    s3_endpoint_url: str = ""  # MinIO or moto; empty means AWS S3
+    aws_region: str = "us-east-1"
+
+    # --- training, MLflow, registry ---------------------------------------------------
+    mlflow_tracking_uri: str = ""  # default: sqlite:///<data_dir>/mlflow.db
+    mlflow_experiment: str = "diabetes-readmission"
+    model_name: str = "diabetes-readmission"
+    model_alias: str = "production"
+    challenger_alias: str = "challenger"
+    target: Literal["any", "30day"] = "any"
+    promotion_min_auc: float = Field(0.60, ge=0, le=1)
+    promotion_tolerance: float = Field(0.005, ge=0, le=1)
+    random_seed: int = 42
+
+    # --- inference service ------------------------------------------------------------
+    model_uri: str = ""  # default: models:/<model_name>@<model_alias>; a local path works too
+    reload_token: SecretStr = SecretStr("")
+    model_poll_seconds: float = Field(30.0, gt=0)
+    max_batch_rows: int = Field(10_000, gt=0)
+    max_body_bytes: int = Field(20_000_000, gt=0)
+    risk_medium_threshold: float = Field(0.40, ge=0, le=1)
+    risk_high_threshold: float = Field(0.60, ge=0, le=1)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = Field(2, gt=0)
+    prometheus_multiproc_dir: str = ""
+    drift_window: int = Field(1_000, gt=0, description="Recent requests kept for serving-side drift.")
+
+    # --- Streamlit UI -------------------------------------------------------------------
+    api_url: str = "http://127.0.0.1:8000"
+    ui_port: int = 8501
+    mlflow_ui_url: str = ""  # link target for the model report card; empty hides it
+
+    # --- pipeline / Airflow -------------------------------------------------------------
+    ec2_instance_id: str = ""
+    serving_url: str = "http://127.0.0.1:8000"
+    pushgateway_url: str = ""  # e.g. 127.0.0.1:9091; empty disables pushing
+    force_retrain: bool = False
+
+    # --- AWS scheduler ------------------------------------------------------------------
+    ec2_instance_ids: str = ""  # comma-separated, for the start/stop Lambdas
+    schedule_timezone: str = "America/Lima"
+    start_time: str = "09:00"
+    stop_time: str = "23:55"
+    lambda_role_name: str = "ec2-scheduler-lambda"
+    scheduler_role_name: str = "ec2-scheduler-invoke"
+    lambda_name_prefix: str = "ec2-data-api"
+
+    # --- load tests (Locust SLOs) -------------------------------------------------------
+    slo_max_failure_ratio: float = Field(0.01, ge=0, le=1)
+    slo_p95_predict_ms: float = Field(200.0, gt=0)
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> "Settings":
+        """Fill store URLs that were left empty with files under `data_dir`."""
+        data = self.data_dir.resolve()
+        if not self.raw_db_url:
+            self.raw_db_url = f"sqlite:///{data / 'raw_data_db.sqlite'}"
+        if not self.clean_db_url:
+            self.clean_db_url = f"sqlite:///{data / 'clean_data_db.sqlite'}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{data / 'mlflow.db'}"
+        if not self.model_uri:
+            self.model_uri = f"models:/{self.model_name}@{self.model_alias}"
+        if self.risk_medium_threshold > self.risk_high_threshold:
+            raise ValueError("RISK_MEDIUM_THRESHOLD must not exceed RISK_HIGH_THRESHOLD")
+        return self
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Local MLflow artifact root for the embedded store."""
+        return self.data_dir.resolve() / "mlartifacts"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
