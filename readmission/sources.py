@@ -54,7 +54,7 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
     """
     if not rows:
         return pd.DataFrame(columns=list(schema.COLUMNS), dtype=object)
-    return pd.DataFrame.from_records(rows).astype(object)
+    return pd.DataFrame(rows, dtype=object)
 
 
 def fetch_batch(base_url: str, batch: int | None = None, timeout: float = 60.0) -> Batch:

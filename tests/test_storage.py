@@ -1,0 +1,346 @@
+"""Raw and clean storage on SQLite and on a real MariaDB server: atomic, idempotent batch writes."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from readmission import schema
+from readmission.clean import clean_batch, clean_columns
+from readmission.storage import (
+    MAX_STATEMENT_CHARS,
+    RAW_STORED,
+    STORED,
+    BatchCounts,
+    Storage,
+    StorageError,
+    batch_checksum,
+)  # fmt: skip
+from readmission.validation import SchemaError, split_valid_rows
+from tests.factories import encounter_rows
+
+TIMESTAMPS = {"ingested_at", "started_at", "finished_at", "scored_at"}
+TABLES = {"raw": ("diabetes_raw", "batch_log", "quarantine"), "clean": ("diabetes_clean", "predictions")}
+
+
+def cleaned(raw_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(clean rows, quarantined rows with a reason) of stored raw rows: what the ingestion stores clean."""
+    valid, quarantined = split_valid_rows(raw_rows)
+    return clean_batch(valid), quarantined
+
+
+def write_raw_and_clean(storage: Storage, number: int, frame: pd.DataFrame) -> tuple[BatchCounts, BatchCounts]:
+    """Store a batch raw, then validated and clean, as the DAG's separate tasks do."""
+    raw = storage.write_raw(number, frame, source="test")
+    return raw, storage.write_clean(number, *cleaned(raw.rows))
+
+
+def contents(storage: Storage) -> dict[str, pd.DataFrame]:
+    """Every table's rows, timestamps and surrogate ids left out, in a stable order."""
+    tables = {}
+    for side, names in TABLES.items():
+        engine = getattr(storage, side)
+        for name in names:
+            with engine.connect() as conn:
+                frame = pd.read_sql(sa.text(f"SELECT * FROM {name}"), conn)
+            frame = frame.drop(columns=[c for c in frame.columns if c in TIMESTAMPS or c == "id"])
+            tables[name] = frame.sort_values(list(frame.columns), ignore_index=True)
+    return tables
+
+
+def assert_same_contents(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> None:
+    for name in before:
+        pd.testing.assert_frame_equal(after[name], before[name], obj=name)
+
+
+@contextmanager
+def failing_insert(engine: sa.Engine, table: str, on_call: int):
+    """Make the `on_call`-th INSERT statement into `table` fail, as a lost connection would."""
+    calls = 0
+
+    def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
+        nonlocal calls
+        if statement.startswith(f"INSERT INTO {table} "):
+            calls += 1
+            if calls == on_call:
+                raise RuntimeError(f"injected failure on INSERT number {on_call} into {table}")
+
+    sa.event.listen(engine, "before_cursor_execute", before_cursor_execute)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before_cursor_execute)
+
+
+def test_a_batch_is_stored_raw_exactly_as_it_came(storage):
+    frame = encounter_rows(100, seed=1)
+    frame.loc[3, "medical_specialty"] = None
+    written = storage.write_raw(1, frame, source="data-api:http://example")
+    assert (written.received, written.stored, written.rejected) == (100, 100, 0)
+    stored = storage.raw_batch(1)
+    pd.testing.assert_frame_equal(stored.astype(object), frame.astype(object), check_dtype=False)
+    assert stored.loc[3, "medical_specialty"] is None or pd.isna(stored.loc[3, "medical_specialty"])
+    log = storage.batch_log().iloc[0]
+    assert (log.batch_number, log.source, log.status) == (1, "data-api:http://example", RAW_STORED)
+    assert (log.rows_received, log.rows_stored, log.rows_rejected) == (100, 100, 0)
+    assert log.checksum == batch_checksum(frame)
+
+
+@pytest.fixture
+def tricky_text() -> list[str]:
+    """Values that break naive SQL: quotes, backslashes, control characters, format markers, injections."""
+    return ["O'Brien", 'say "hi"', "back\\slash\\", "\\'", "new\nline\r", "ctrl-z \x1a", "%s %(x)s", "NULL", "",
+            "Ærø 😀", "nul \x00 byte", "'); DROP TABLE diabetes_raw; --"]  # fmt: skip
+
+
+def test_text_with_quotes_backslashes_control_characters_and_unicode_round_trips(storage, tricky_text):
+    frame = encounter_rows(len(tricky_text), seed=2)
+    frame["medical_specialty"] = tricky_text
+    storage.write_raw(1, frame, source="test")
+    assert storage.raw_batch(1)["medical_specialty"].tolist() == tricky_text
+
+
+def test_text_round_trips_on_a_mysql_server_without_backslash_escapes(mariadb_urls, tricky_text):
+    storage = Storage(mariadb_urls["raw_data_db"], mariadb_urls["clean_data_db"])
+
+    @sa.event.listens_for(storage.raw, "connect")
+    def no_backslash_escapes(dbapi_connection, record):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+
+    storage.create_schema()
+    frame = encounter_rows(len(tricky_text), seed=2)
+    frame["medical_specialty"] = tricky_text
+    storage.write_raw(1, frame, source="test")
+    assert storage.raw_batch(1)["medical_specialty"].tolist() == tricky_text
+    storage.dispose()
+
+
+def test_clean_rows_hold_the_features_targets_ids_and_split(storage):
+    frame = encounter_rows(120, seed=3)
+    write_raw_and_clean(storage, 1, frame)
+    stored = storage.clean_batch(1)
+    expected = clean_batch(frame).sort_values("encounter_id", ignore_index=True)
+    pd.testing.assert_frame_equal(stored[clean_columns()], expected, check_dtype=False)
+    assert (stored["batch_number"] == 1).all()
+    with storage.clean.connect() as conn:
+        for split in ("train", "validation", "test"):
+            in_view = conn.execute(sa.text(f"SELECT COUNT(*) FROM {split}_data")).scalar()
+            assert in_view == (expected["split"] == split).sum() > 0
+
+
+def test_rewriting_a_batch_changes_nothing(storage):
+    first, second = encounter_rows(120, seed=4), encounter_rows(90, seed=5, first_encounter_id=50_000)
+    first.loc[[5, 6], "encounter_id"] = ["bad", None]  # quarantined by the raw write
+    first.loc[7, "readmitted"] = "maybe"  # quarantined by validation
+    write_raw_and_clean(storage, 1, first)
+    write_raw_and_clean(storage, 2, second)
+    before = contents(storage)
+    assert before["quarantine"]["batch_number"].tolist() == [1, 1, 1]
+    write_raw_and_clean(storage, 1, first)
+    write_raw_and_clean(storage, 2, second)
+    assert_same_contents(before, contents(storage))
+
+
+def test_rewriting_a_batch_with_new_content_replaces_it(storage):
+    write_raw_and_clean(storage, 1, encounter_rows(120, seed=6))
+    changed = encounter_rows(120, seed=7, first_encounter_id=9_000)
+    write_raw_and_clean(storage, 1, changed)
+    assert storage.raw_batch(1)["encounter_id"].tolist() == changed["encounter_id"].tolist()
+    assert len(storage.clean_batch(1)) == 120
+    assert storage.batch_log()["checksum"].tolist() == [batch_checksum(changed)]
+
+
+def test_a_failure_in_the_middle_of_a_raw_write_writes_nothing(storage):
+    write_raw_and_clean(storage, 1, encounter_rows(120, seed=8))
+    before = contents(storage)
+    replacement = encounter_rows(120, seed=9, first_encounter_id=20_000)
+    batch_3 = encounter_rows(120, seed=10, first_encounter_id=40_000)
+    batch_3.loc[0, "encounter_id"] = "x"  # a quarantine row that must not survive either
+    for number, frame in ((1, replacement), (3, batch_3)):
+        with failing_insert(storage.raw, "diabetes_raw", on_call=2), pytest.raises(RuntimeError, match="injected"):
+            storage.write_raw(number, frame, source="test")  # 120 rows: 3 INSERTs of 40, the 2nd fails
+    assert_same_contents(before, contents(storage))
+
+
+def test_a_failure_in_the_last_chunk_of_a_clean_write_writes_nothing(storage):
+    write_raw_and_clean(storage, 1, encounter_rows(120, seed=11))
+    raw = storage.write_raw(2, encounter_rows(120, seed=12, first_encounter_id=30_000), source="test")
+    before = contents(storage)
+    valid, quarantined = split_valid_rows(raw.rows)
+    clean = clean_batch(valid)
+    clean.loc[clean.index[-1], "split"] = None  # violates NOT NULL in the last chunk of 40 rows
+    with pytest.raises(sa.exc.IntegrityError):
+        storage.write_clean(2, clean, quarantined)
+    assert_same_contents(before, contents(storage))
+    assert storage.batch_log().set_index("batch_number")["status"].to_dict() == {1: STORED, 2: RAW_STORED}
+    assert storage.stored_batches() == [1]
+
+
+def test_writing_both_databases_at_once_stores_what_the_two_writes_in_turn_store(storage):
+    first, second = encounter_rows(120, seed=23), encounter_rows(90, seed=24, first_encounter_id=60_000)
+    first.loc[[2, 3], ["encounter_id", "readmitted"]] = [["x", "NO"], ["1003", "soon"]]
+    second.loc[0, "encounter_id"] = first.loc[50, "encounter_id"]  # held by batch 1
+    written = storage.write_batch(1, first, "test", cleaned)
+    assert (written.raw.stored, written.raw.rejected, written.final.stored, written.final.rejected) == (119, 1, 118, 2)
+    assert storage.write_batch(2, second, "test", cleaned).final.rejected == 1
+    at_once = contents(storage)
+    write_raw_and_clean(storage, 1, first)
+    write_raw_and_clean(storage, 2, second)
+    assert_same_contents(at_once, contents(storage))
+
+
+def test_a_failure_while_writing_both_databases_at_once_writes_nothing(storage):
+    write_raw_and_clean(storage, 1, encounter_rows(120, seed=25))
+    before = contents(storage)
+    batch = encounter_rows(120, seed=26, first_encounter_id=70_000)
+
+    def unfinished(raw_rows):
+        clean, quarantined = cleaned(raw_rows)
+        return clean.assign(split=[*clean["split"][:-1], None]), quarantined  # NOT NULL fails in the last chunk
+
+    def broken(raw_rows):
+        raise ValueError("the cleaning failed")
+
+    with failing_insert(storage.raw, "diabetes_raw", on_call=2), pytest.raises(RuntimeError, match="injected"):
+        storage.write_batch(2, batch, "test", cleaned)
+    with pytest.raises(sa.exc.IntegrityError):
+        storage.write_batch(2, batch, "test", unfinished)
+    with pytest.raises(ValueError, match="the cleaning failed"):
+        storage.write_batch(2, batch, "test", broken)
+    with pytest.raises(StorageError, match="do not account for"):
+        storage.write_batch(2, batch, "test", lambda rows: cleaned(rows.iloc[1:]))
+    assert_same_contents(before, contents(storage))
+
+
+def test_rows_that_cannot_be_keyed_or_validated_are_quarantined_with_reasons(storage):
+    frame = encounter_rows(90, seed=13)
+    frame.loc[0, "encounter_id"] = "E-17"
+    repeated = frame.loc[1, "encounter_id"] = frame.loc[2, "encounter_id"]
+    frame.loc[3, "num_procedures"] = "11"
+    raw, final = write_raw_and_clean(storage, 1, frame)
+    assert (raw.stored, raw.rejected) == (88, 2)
+    assert (final.received, final.stored, final.rejected) == (90, 87, 3)
+    quarantine = storage.quarantine(1)
+    assert quarantine[["stage", "encounter_id", "reason"]].values.tolist() == [
+        ["raw", "E-17", "encounter_id must be a whole number, got 'E-17'"],
+        ["raw", repeated, f"the same encounter_id appears earlier in the batch: '{repeated}'"],
+        ["clean", frame.loc[3, "encounter_id"], "num_procedures must be a whole number from 0 to 10, got '11'"],
+    ]  # fmt: skip
+    assert json.loads(quarantine["raw_row"].iloc[2]) == frame.loc[3].to_dict()
+    log = storage.batch_log().iloc[0]
+    assert (log.rows_received, log.rows_stored, log.rows_rejected, log.status) == (90, 87, 3, STORED)
+    assert len(storage.raw_batch(1)) == 88 and len(storage.clean_batch(1)) == 87
+
+
+def test_an_encounter_already_stored_by_another_batch_is_quarantined_not_duplicated(storage):
+    first = encounter_rows(90, seed=14)
+    second = encounter_rows(90, seed=15, first_encounter_id=5_000)
+    second.loc[[0, 1], "encounter_id"] = first.loc[[10, 11], "encounter_id"].to_numpy()
+    write_raw_and_clean(storage, 1, first)
+    _, final = write_raw_and_clean(storage, 2, second)
+    assert (final.stored, final.rejected) == (88, 2)
+    assert storage.quarantine(2)["reason"].tolist() == [
+        f"encounter_id '{first.loc[10, 'encounter_id']}' is already stored by batch 1",
+        f"encounter_id '{first.loc[11, 'encounter_id']}' is already stored by batch 1",
+    ]
+    pd.testing.assert_frame_equal(storage.raw_batch(1).astype(object), first.astype(object), check_dtype=False)
+    write_raw_and_clean(storage, 1, first)  # re-running batch 1 keeps its rows: they are its own
+    assert len(storage.raw_batch(1)) == 90
+
+
+def test_a_patient_seen_in_two_batches_lands_in_the_same_split(storage):
+    first = encounter_rows(120, seed=16, patients=30)
+    second = encounter_rows(120, seed=17, first_encounter_id=8_000, patients=30)
+    second["patient_nbr"] = first["patient_nbr"].sample(frac=1, random_state=0).to_numpy()
+    write_raw_and_clean(storage, 1, first)
+    write_raw_and_clean(storage, 2, second)
+    clean = pd.concat([storage.clean_batch(1), storage.clean_batch(2)])
+    assert clean["batch_number"].nunique() == 2
+    assert (clean.groupby("patient_nbr")["split"].nunique() == 1).all()
+
+
+def test_creating_the_schema_twice_is_harmless(storage):
+    write_raw_and_clean(storage, 1, encounter_rows(60, seed=18))
+    before = contents(storage)
+    storage.create_schema()
+    assert_same_contents(before, contents(storage))
+    assert {"train_data", "validation_data", "test_data"} <= set(sa.inspect(storage.clean).get_view_names())
+
+
+def test_a_batch_with_wrong_columns_is_refused_and_nothing_is_written(storage):
+    with pytest.raises(SchemaError, match="missing columns"):
+        storage.write_raw(1, encounter_rows(50).drop(columns=["diag_2"]), source="test")
+    assert storage.batch_log().empty and storage.raw_batch(1).empty
+
+
+def test_clean_rows_that_do_not_account_for_the_raw_rows_are_refused(storage):
+    raw = storage.write_raw(1, encounter_rows(50, seed=19), source="test")
+    valid, quarantined = split_valid_rows(raw.rows)
+    with pytest.raises(StorageError, match="49 clean and 0 quarantined rows do not account for its 50 raw rows"):
+        storage.write_clean(1, clean_batch(valid.iloc[1:]), quarantined)
+    with pytest.raises(StorageError, match="batch 2 has no raw write"):
+        storage.write_clean(2, clean_batch(valid), quarantined)
+    with pytest.raises(StorageError, match=r"lack the columns \['split'\]"):
+        storage.write_clean(1, clean_batch(valid).drop(columns="split"), quarantined)
+    assert storage.clean_batch(1).empty
+
+
+def test_labelled_encounters_are_the_raw_columns_of_clean_encounters_with_their_split(storage):
+    first = encounter_rows(90, seed=20)
+    first.loc[4, "readmitted"] = "unknown"
+    second = encounter_rows(50, seed=21, first_encounter_id=7_000)
+    write_raw_and_clean(storage, 1, first)
+    write_raw_and_clean(storage, 2, second)
+    labelled = storage.labelled_encounters()
+    assert labelled.columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    expected = pd.concat([first.drop(index=4), second], ignore_index=True)
+    pd.testing.assert_frame_equal(labelled[list(schema.COLUMNS)].astype(object), expected.astype(object),
+                                  check_dtype=False)  # fmt: skip
+    clean = pd.concat([storage.clean_batch(1), storage.clean_batch(2)]).set_index("encounter_id")["split"]
+    assert labelled["split"].tolist() == clean.loc[labelled["encounter_id"].astype(int)].tolist()
+    test_only = storage.labelled_encounters(splits=("test",))
+    assert set(test_only["split"]) == {"test"} and len(test_only) == (labelled["split"] == "test").sum()
+    with pytest.raises(ValueError, match="unknown splits"):
+        storage.labelled_encounters(splits=("holdout",))
+
+
+def test_nothing_stored_reads_as_empty(storage):
+    assert storage.labelled_encounters().columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    assert storage.labelled_encounters().empty and storage.stored_batches() == []
+    assert storage.clean_batch(1).empty and storage.quarantine().empty
+
+
+def test_rows_too_large_for_one_packet_are_split_across_statements(storage_urls):
+    storage = Storage(*storage_urls, chunk_rows=1_000)
+    storage.create_schema()
+    frame = encounter_rows(15, seed=22)
+    frame["medical_specialty"] = [chr(ord("a") + i) * (MAX_STATEMENT_CHARS // 3) for i in range(15)]
+    storage.write_raw(1, frame, source="test")  # 5 MB of values, above the test server's 4 MiB max_allowed_packet
+    assert storage.raw_batch(1)["medical_specialty"].tolist() == frame["medical_specialty"].tolist()
+    storage.dispose()
+
+
+def test_a_table_that_does_not_match_this_code_is_reported(storage):
+    with storage.clean.begin() as conn:
+        conn.execute(sa.text("DROP VIEW train_data"))
+        conn.execute(sa.text("DROP VIEW validation_data"))
+        conn.execute(sa.text("DROP VIEW test_data"))
+        conn.execute(sa.text("ALTER TABLE diabetes_clean DROP COLUMN a1c_level"))
+    with pytest.raises(StorageError, match=r"table diabetes_clean .* missing \['a1c_level'\]"):
+        storage.create_schema()
+
+
+def test_storage_from_settings_uses_the_embedded_sqlite_files(make_settings):
+    settings = make_settings()
+    storage = Storage.from_settings(settings)
+    storage.create_schema()
+    assert (settings.data_dir / "raw_data_db.sqlite").is_file() and (
+        settings.data_dir / "clean_data_db.sqlite"
+    ).is_file()
+    assert storage.chunk_rows == settings.insert_chunk_rows
+    storage.dispose()
