@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Pushgateway, Chromium) and the headers mysqlclient builds against.
 APT_PACKAGES := mariadb-server prometheus prometheus-pushgateway chromium chromium-driver pkg-config libmariadb-dev
 
-.PHONY: help install system-deps demo test airflow loadtest benchmark clean
+.PHONY: help install system-deps tools demo test airflow loadtest benchmark kubernetes clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,15 @@ system-deps: ## Install the Debian packages the tests need (only what is missing
 demo: install ## Run the platform on embedded defaults: data API, ingestion, training, serving, UI
 	$(BIN)/readmission demo
 
-test: system-deps install ## Install what the tests need and run the whole suite
+# checkov (tests/test_deploy_kubernetes.py) pins packages the project pins differently: its own venv.
+TOOLS := .venv-tools
+$(TOOLS)/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q checkov==3.3.30
+
+tools: $(TOOLS)/bin/checkov ## Install checkov into .venv-tools (the deploy tests run it)
+
+test: system-deps install tools ## Install what the tests need and run the whole suite
 	$(BIN)/python -m pytest
 
 airflow: install ## Start `airflow standalone` with the diabetes_pipeline DAG (UI on :8080)
@@ -46,6 +54,9 @@ loadtest: install ## Headless Locust run against the local stack; reports under 
 
 benchmark: install ## Run the benchmark scripts whose figures the README reports
 	$(BIN)/python benchmarks/run_all.py
+
+kubernetes: ## Prepare kubernetes/ for `kubectl apply -k kubernetes/overlays/local` (shared config, random secrets)
+	kubernetes/prepare.sh local
 
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) data reports

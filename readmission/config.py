@@ -73,14 +73,20 @@ class Settings(BaseSettings):
 
     # --- Streamlit UI -------------------------------------------------------------------
     api_url: str = "http://127.0.0.1:8000"
+    ui_host: str = "127.0.0.1"  # the image binds 0.0.0.0
     ui_port: int = 8501
     mlflow_ui_url: str = ""  # link target for the model report card; empty hides it
+    api_timeout_seconds: float = Field(30.0, gt=0, description="How long the UI waits for an answer of the API.")
 
     # --- pipeline / Airflow -------------------------------------------------------------
     ec2_instance_id: str = ""
     serving_url: str = "http://127.0.0.1:8000"
     pushgateway_url: str = ""  # e.g. 127.0.0.1:9091; empty disables pushing
     force_retrain: bool = False
+    batch_store: Literal["local", "s3"] = Field(
+        "local", description="Where batch Parquet files go: <data_dir>/batches, or s3://<s3_bucket>/batches."
+    )
+    pipeline_retry_delay_seconds: float = Field(60.0, gt=0, description="Delay before a failed DAG task is retried.")
 
     # --- AWS scheduler ------------------------------------------------------------------
     ec2_instance_ids: str = ""  # comma-separated, for the start/stop Lambdas
@@ -94,6 +100,39 @@ class Settings(BaseSettings):
     # --- load tests (Locust SLOs) -------------------------------------------------------
     slo_max_failure_ratio: float = Field(0.01, ge=0, le=1)
     slo_p95_predict_ms: float = Field(200.0, gt=0)
+    loadtest_shape: Literal["constant", "step"] = Field(
+        "constant", description="constant: LOADTEST_USERS for LOADTEST_RUN_SECONDS; step: capacity search."
+    )
+    loadtest_users: int = Field(20, gt=0, description="Users of the constant shape.")
+    loadtest_run_seconds: float = Field(60.0, gt=0, description="Duration of the constant shape.")
+    loadtest_spawn_rate: float = Field(10.0, gt=0, description="Users started per second.")
+    loadtest_step_users: int = Field(25, gt=0, description="Users added per step of the step shape.")
+    loadtest_step_seconds: float = Field(20.0, gt=0, description="Duration of one step of the step shape.")
+    loadtest_max_users: int = Field(1_000, gt=0, description="The step shape stops here even if the SLOs hold.")
+    loadtest_clinician_weight: int = Field(20, ge=0, description="Relative share of users sending single predictions.")
+    loadtest_system_weight: int = Field(1, ge=0, description="Relative share of users sending batch predictions.")
+    loadtest_monitor_weight: int = Field(1, ge=0, description="Relative share of users checking health and model.")
+    loadtest_batch_rows: int = Field(300, gt=0, description="Encounters per batch request.")
+    loadtest_think_seconds: float = Field(1.0, ge=0, description="Mean pause of a user between two requests.")
+    loadtest_dataset_path: str = Field("", description="CSV of raw encounters to sample; empty: synthetic ones.")
+    loadtest_pool_rows: int = Field(2_000, gt=0, description="Encounters sampled into the request pool.")
+    loadtest_report_dir: Path = Field(Path("reports/loadtest"), description="CSV, HTML and markdown reports.")
+
+    # --- deployment secrets: read by docker-compose.yaml and kubernetes/ (the containers), not by Python;
+    # they go into database URLs, so use only letters, digits and . _ ~ - ----------------------------------
+    mysql_root_password: SecretStr = Field(SecretStr(""), description="MySQL's root (docker-compose, Kubernetes).")
+    mysql_pipeline_password: SecretStr = Field(SecretStr(""), description="MySQL user `pipeline`: raw/clean DBs.")
+    mysql_mlflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `mlflow`: mlflow_db.")
+    mysql_airflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `airflow`: airflow_db.")
+    minio_root_user: str = Field("", description="MinIO's admin, used only to create the buckets and the app user.")
+    minio_root_password: SecretStr = Field(SecretStr(""), description="MinIO admin password (8 characters or more).")
+    aws_access_key_id: str = Field("", description="S3 key of the applications (a MinIO user in the stack).")
+    aws_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret of the applications.")
+    grafana_admin_password: SecretStr = Field(SecretStr(""), description="Grafana user `admin`.")
+    airflow_admin_password: SecretStr = Field(SecretStr(""), description="Airflow user `admin`.")
+    airflow_fernet_key: SecretStr = Field(SecretStr(""), description="Encrypts Airflow connections (Fernet key).")
+    airflow_jwt_secret: SecretStr = Field(SecretStr(""), description="Signs the tokens of Airflow's components.")
+    airflow_api_secret_key: SecretStr = Field(SecretStr(""), description="Signs Airflow's log-server requests.")
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":

@@ -9,6 +9,9 @@ columns, and anything unseen maps to a defined "other" level instead of raising.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -48,11 +51,54 @@ ICD9_RANGES: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
 )
 
 
-def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The input columns as object arrays, converted once; absent or empty cells are the missing marker."""
-    table = frame.reindex(columns=schema.FEATURE_INPUT_COLUMNS).to_numpy(dtype=object, copy=True)
-    table[pd.isna(table)] = schema.MISSING
-    return dict(zip(schema.FEATURE_INPUT_COLUMNS, table.T))
+INPUT_COLUMNS = pd.Index(schema.FEATURE_INPUT_COLUMNS)
+COLUMN_BY_COLUMN_ROWS = 1_024  # below this, pandas' per-column overhead costs more than converting to objects
+VISIT_COLUMNS = ("number_outpatient", "number_emergency", "number_inpatient")
+
+Block = tuple[list[str], np.ndarray]  # feature names and their values (one row per input value or row)
+
+
+def _input_table(X: pd.DataFrame | np.ndarray) -> np.ndarray:  # noqa: N803 (sklearn's naming)
+    """The input columns as one object matrix (absent columns are all missing).
+
+    A DataFrame is matched by column name; an array must hold `schema.FEATURE_INPUT_COLUMNS` in order.
+    """
+    if isinstance(X, pd.DataFrame):
+        return (X if X.columns.equals(INPUT_COLUMNS) else X.reindex(columns=INPUT_COLUMNS)).to_numpy(dtype=object)
+    table = np.asarray(X, dtype=object)
+    if table.ndim != 2 or table.shape[1] != len(INPUT_COLUMNS):
+        raise ValueError(f"expected {len(INPUT_COLUMNS)} columns {list(INPUT_COLUMNS)}, got shape {table.shape}")
+    return table
+
+
+def _missing_as_marker(codes: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
+    """pd.factorize's result with missing cells (code -1) pointing at the missing marker."""
+    values = np.append(np.asarray(values, dtype=object), schema.MISSING)
+    return np.where(codes < 0, len(values) - 1, codes), values
+
+
+def _column_by_column(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """`_cell_codes` of a frame with typed columns: pandas factorizes (Arrow) strings without Python objects."""
+    codes, distinct, offset = [], [], 0
+    for column in schema.FEATURE_INPUT_COLUMNS:
+        column_codes, values = pd.factorize(frame[column]) if column in frame.columns else (np.full(len(frame), -1), [])
+        column_codes, values = _missing_as_marker(column_codes, values)
+        codes.append(column_codes + offset)
+        distinct.append(values)
+        offset += len(values)
+    return np.stack(codes), np.concatenate(distinct)
+
+
+def _cell_codes(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    """Every input cell as an index (`FEATURE_INPUT_COLUMNS` x rows) into an array of distinct values.
+
+    Missing cells (None, NaN, absent columns) point at the missing marker `?`.
+    """
+    if isinstance(X, pd.DataFrame) and len(X) >= COLUMN_BY_COLUMN_ROWS and any(t != object for t in X.dtypes):
+        return _column_by_column(X)
+    table = _input_table(X)  # Python objects: one hash pass over all cells costs less than a call per column
+    codes, distinct = _missing_as_marker(*pd.factorize(table.ravel()))
+    return codes.reshape(table.shape).T, distinct
 
 
 def _number(values: np.ndarray) -> np.ndarray:
@@ -60,32 +106,14 @@ def _number(values: np.ndarray) -> np.ndarray:
     return pd.to_numeric(values, errors="coerce").astype(float)
 
 
-def _code(values: np.ndarray) -> np.ndarray:
-    """Id values (e.g. admission_type_id) as canonical strings: 1, "1" and "1.0" agree."""
-    numbers = _number(values)
+def _code(numbers: np.ndarray) -> np.ndarray:
+    """Id numbers (e.g. admission_type_id) as canonical strings: 1, "1" and "1.0" agree."""
     return np.where(np.isfinite(numbers), np.nan_to_num(numbers).astype(np.int64).astype(str), schema.MISSING)
 
 
-def _is_any(values: np.ndarray, members: tuple[str, ...]) -> np.ndarray:
-    """Element-wise membership by comparison (cheaper than np.isin on small object arrays)."""
-    return np.logical_or.reduce([values == m for m in members]) if members else np.zeros(values.shape, bool)
-
-
-def _ordinal(values: np.ndarray, order: dict[str, int]) -> np.ndarray:
-    """Map values through `order`; unknown values get 0."""
-    result = np.zeros(values.shape)
-    for level, rank in order.items():
-        if rank:
-            result += rank * (values == level)
-    return result
-
-
-def diagnosis_groups(codes: np.ndarray | pd.Series) -> np.ndarray:
-    """The ICD-9 group of each code (see `schema.DIAGNOSIS_GROUPS`), computed once per distinct code."""
-    values = np.asarray(codes, dtype=object)
-    values = np.where(pd.isna(values), schema.MISSING, values)
-    index, uniques = pd.factorize(values)
-    distinct = np.char.upper(np.char.strip(np.asarray(uniques, dtype=str).reshape(-1)))
+def _icd9_groups(codes: np.ndarray) -> np.ndarray:
+    """The ICD-9 group of each code (strings or numbers; no missing values)."""
+    distinct = np.char.upper(np.char.strip(np.asarray(codes, dtype=str).reshape(-1)))
     numeric = pd.to_numeric(distinct, errors="coerce").astype(float)
     first = distinct.astype("<U1")  # the first character
     conditions = [np.isin(distinct, ["", schema.MISSING]), first == "V", first == "E"]
@@ -93,19 +121,113 @@ def diagnosis_groups(codes: np.ndarray | pd.Series) -> np.ndarray:
     for group, ranges in ICD9_RANGES:
         conditions.append(np.logical_or.reduce([(numeric >= lo) & (numeric <= hi) for lo, hi in ranges]))
         choices.append(group)
-    groups = np.select(conditions, choices, default="other").astype(object)
-    return groups[index] if len(index) else np.array([], dtype=object)
+    return np.select(conditions, choices, default="other").astype(object)
 
 
-def _one_hot(values: np.ndarray, prefix: str, levels: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
-    """One column per level plus `<prefix>_other` for anything not listed."""
-    columns = {f"{prefix}_{name}": _is_any(values, members).astype(float) for name, members in levels.items()}
-    columns[f"{prefix}_other"] = 1.0 - np.sum(list(columns.values()), axis=0)
-    return columns
+def diagnosis_groups(codes: np.ndarray | pd.Series) -> np.ndarray:
+    """The ICD-9 group of each code (see `schema.DIAGNOSIS_GROUPS`), computed once per distinct code."""
+    values = np.asarray(codes, dtype=object)
+    values = np.where(pd.isna(values), schema.MISSING, values)
+    index, uniques = pd.factorize(values)
+    return _icd9_groups(uniques)[index] if len(index) else np.array([], dtype=object)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A column's features as a lookup table: one row per level, and a last row for any value no level lists."""
+
+    names: tuple[str, ...]
+    level_of: dict[object, int]  # listed value -> its row of `table`
+    table: np.ndarray  # (levels + 1) x len(names)
+
+    def rows(self, values: np.ndarray) -> np.ndarray:
+        """The row of `table` of each value (a dict lookup each: values are the few distinct ones)."""
+        unlisted = len(self.table) - 1
+        return np.fromiter((self.level_of.get(v, unlisted) for v in values), dtype=np.intp, count=len(values))
+
+
+def _lookup(names: tuple[str, ...], features: dict[str, tuple[float, ...]], unlisted: tuple[float, ...]) -> Encoding:
+    """Features given value by value (`features`), and `unlisted` for anything else."""
+    return Encoding(names, {v: i for i, v in enumerate(features)}, np.array([*features.values(), unlisted], float))
+
+
+def _one_hot(prefix: str, levels: dict[str, tuple[str, ...]]) -> Encoding:
+    """One column per level plus `<prefix>_other` for anything not listed.
+
+    A level named "other" (race "Other") has no column of its own: `<prefix>_other` stays
+    in its place and is 1 only for unlisted values, so that level is all zeros.
+    """
+    table = np.eye(len(levels) + 1)
+    names = [f"{prefix}_{name}" for name in levels]
+    if "other" in levels:
+        table[:, list(levels).index("other")] = table[:, -1]
+        table = table[:, :-1]
+    else:
+        names.append(f"{prefix}_other")
+    level_of = {member: i for i, members in enumerate(levels.values()) for member in members}
+    return Encoding(tuple(names), level_of, table)
 
 
 def _levels(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    return {v.lower().replace("/", "_").replace("-", "_"): (v,) for v in values}
+    """One level per value, named in snake case; the level "missing" also takes the missing marker `?`."""
+    levels = {v.lower().replace("/", "_").replace("-", "_"): (v,) for v in values}
+    if "missing" in levels:
+        levels["missing"] += (schema.MISSING,)
+    return levels
+
+
+def _indicator(name: str, members: tuple[str, ...]) -> Encoding:
+    return _lookup((name,), {m: (1.0,) for m in members}, (0.0,))
+
+
+def _test_result(prefix: str, order: dict[str, int]) -> Encoding:
+    """A lab test: its ordinal level, and whether it was taken (any level but "None")."""
+    features = {value: (float(rank), float(value != schema.NOT_TAKEN)) for value, rank in order.items()}
+    return _lookup((f"{prefix}_level", f"{prefix}_taken"), features, (0.0, 0.0))
+
+
+RACE = _one_hot("race", _levels(RACE_LEVELS))
+GENDER = _lookup(("gender_female", "gender_male"), {"Female": (1.0, 0.0), "Male": (0.0, 1.0)}, (0.0, 0.0))
+AGE = _lookup(("age_years",), {bracket: (float(age),) for bracket, age in AGE_MIDPOINTS.items()}, (UNKNOWN_AGE,))
+WEIGHT = _indicator("weight_recorded", schema.WEIGHT_BRACKETS)
+ADMISSION_TYPE = _one_hot("admission_type", {v: (v,) for v in ADMISSION_TYPE_LEVELS})
+DISCHARGE = _one_hot("discharge", DISCHARGE_LEVELS)
+ADMISSION_SOURCE = _one_hot("admission_source", {v: (v,) for v in ADMISSION_SOURCE_LEVELS})
+SPECIALTY = _one_hot("specialty", _levels(SPECIALTY_LEVELS))
+PAYER = _one_hot("payer", _levels(PAYER_LEVELS))
+DIAGNOSIS_GROUP = _lookup(schema.DIAGNOSIS_GROUPS, {g: tuple(np.eye(len(schema.DIAGNOSIS_GROUPS))[i])
+                          for i, g in enumerate(schema.DIAGNOSIS_GROUPS)}, (0.0,) * len(schema.DIAGNOSIS_GROUPS))  # fmt: skip
+GLUCOSE = _test_result("max_glu_serum", GLUCOSE_ORDER)
+A1C = _test_result("a1c", A1C_ORDER)
+MEDICATION_RANK = _lookup(("rank",), {status: (float(rank),) for status, rank in MEDICATION_ORDER.items()}, (0.0,))
+CHANGE = _indicator("medication_change", ("Ch",))
+DIABETES_MEDICATION = _indicator("diabetes_medication", ("Yes",))
+# Each raw column and its encoding, in output order; the counts and derived features follow the payer.
+CATEGORICAL = (("race", RACE), ("gender", GENDER), ("age", AGE), ("weight", WEIGHT),
+               ("admission_type_id", ADMISSION_TYPE), ("discharge_disposition_id", DISCHARGE),
+               ("admission_source_id", ADMISSION_SOURCE), ("medical_specialty", SPECIALTY), ("payer_code", PAYER))  # fmt: skip
+ID_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+
+
+# Number, id code and ICD-9 group row of every raw value seen so far: a few thousand in the whole data
+# set, so requests mostly find theirs here. Bounded, as clients may send any text.
+_FACTS: dict[object, tuple[float, str, int]] = {}
+FACTS_LIMIT = 100_000
+
+
+def _value_facts(distinct: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The number, id code and ICD-9 group row of each distinct value, each value computed only once."""
+    missing = [v for v in distinct if v not in _FACTS]
+    fresh: dict[object, tuple[float, str, int]] = {}
+    if missing:
+        values = np.array(missing, dtype=object)
+        numbers = _number(values)
+        fresh = dict(zip(missing, zip(numbers.tolist(), _code(numbers).tolist(),
+                                      DIAGNOSIS_GROUP.rows(_icd9_groups(values)).tolist())))  # fmt: skip
+        if len(_FACTS) < FACTS_LIMIT:
+            _FACTS.update(fresh)
+    numbers, ids, groups = zip(*(_FACTS.get(v) or fresh[v] for v in distinct)) if len(distinct) else ((), (), ())
+    return np.array(numbers, dtype=float), list(ids), np.array(groups, dtype=np.intp)
 
 
 class EncounterFeatures(TransformerMixin, BaseEstimator):
@@ -117,55 +239,53 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
-        """Engineer the features of every row at once (vectorized; no loop over rows)."""
-        if not isinstance(X, pd.DataFrame):
-            X = pd.DataFrame(X, columns=schema.FEATURE_INPUT_COLUMNS)
-        raw = _columns(X)
-        columns: dict[str, np.ndarray] = {}
-        race = np.where(raw["race"] == schema.MISSING, "missing", raw["race"])
-        columns |= _one_hot(race, "race", _levels(RACE_LEVELS))
-        columns["gender_female"] = (raw["gender"] == "Female").astype(float)
-        columns["gender_male"] = (raw["gender"] == "Male").astype(float)
-        age = raw["age"]
-        columns["age_years"] = np.where(_is_any(age, schema.AGE_BRACKETS), _ordinal(age, AGE_MIDPOINTS), UNKNOWN_AGE)
-        columns["weight_recorded"] = _is_any(raw["weight"], schema.WEIGHT_BRACKETS).astype(float)
-        columns |= _one_hot(_code(raw["admission_type_id"]), "admission_type", {v: (v,) for v in ADMISSION_TYPE_LEVELS})
-        columns |= _one_hot(_code(raw["discharge_disposition_id"]), "discharge", DISCHARGE_LEVELS)
-        columns |= _one_hot(_code(raw["admission_source_id"]), "admission_source", {v: (v,) for v in ADMISSION_SOURCE_LEVELS})
-        specialty = np.where(raw["medical_specialty"] == schema.MISSING, "missing", raw["medical_specialty"])
-        columns |= _one_hot(specialty, "specialty", _levels(SPECIALTY_LEVELS))
-        payer = np.where(raw["payer_code"] == schema.MISSING, "missing", raw["payer_code"])
-        columns |= _one_hot(payer, "payer", _levels(PAYER_LEVELS))
+        """Engineer the features of every row at once.
 
-        for column in COUNT_COLUMNS:
-            columns[column] = np.nan_to_num(_number(raw[column]), nan=0.0)
-        visits = ("number_outpatient", "number_emergency", "number_inpatient")
-        columns["total_prior_visits"] = sum(columns[c] for c in visits)
+        Each distinct input value is encoded once, by table lookups (values repeat heavily:
+        a few thousand distinct ones in 100,000 rows), and the results are gathered row by
+        row: one hash pass over the cells plus a few array operations, whatever the size.
+        """
+        codes, distinct = _cell_codes(X)
+        at = dict(zip(schema.FEATURE_INPUT_COLUMNS, codes))  # column -> index of each cell in `distinct`
+        numbers, ids, group_of = _value_facts(distinct)
 
-        for column in schema.DIAGNOSIS_COLUMNS:
-            groups = diagnosis_groups(raw[column])
-            for group in schema.DIAGNOSIS_GROUPS:
-                columns[f"{column}_{group}"] = (groups == group).astype(float)
+        def rows(column: str, encoding: Encoding, values: np.ndarray = distinct) -> Block:
+            """The features of `column`: its encoding of each distinct value, gathered for each row."""
+            return list(encoding.names), encoding.table[encoding.rows(values)[at[column]]]
 
-        glucose, a1c = raw["max_glu_serum"], raw["A1Cresult"]
-        columns["max_glu_serum_level"] = _ordinal(glucose, GLUCOSE_ORDER)
-        columns["max_glu_serum_taken"] = _is_any(glucose, schema.MAX_GLU_SERUM_VALUES[1:]).astype(float)
-        columns["a1c_level"] = _ordinal(a1c, A1C_ORDER)
-        columns["a1c_taken"] = _is_any(a1c, schema.A1C_VALUES[1:]).astype(float)
-
-        medications = _ordinal(np.column_stack([raw[m] for m in schema.MEDICATIONS]), MEDICATION_ORDER)
-        for i, medication in enumerate(schema.MEDICATIONS):
-            columns[f"med_{medication.replace('-', '_')}"] = medications[:, i]
-        columns["medications_active"] = (medications > 0).sum(axis=1).astype(float)
-        columns["medications_changed"] = (medications >= 2).sum(axis=1).astype(float)
-        columns["medication_change"] = (raw["change"] == "Ch").astype(float)
-        columns["diabetes_medication"] = (raw["diabetesMed"] == "Yes").astype(float)
-        names = list(columns)
-        return pd.DataFrame(np.column_stack([columns[n] for n in names]), columns=names, index=X.index)
+        counts = np.nan_to_num(numbers, nan=0.0)[np.stack([at[c] for c in COUNT_COLUMNS], axis=1)]
+        visits = [counts[:, COUNT_COLUMNS.index(c)] for c in VISIT_COLUMNS]
+        group_rows = DIAGNOSIS_GROUP.table[group_of]
+        ranks = MEDICATION_RANK.table[MEDICATION_RANK.rows(distinct), 0]
+        medications = ranks[np.stack([at[m] for m in schema.MEDICATIONS], axis=1)]
+        blocks = [
+            *(rows(column, encoding, ids if column in ID_COLUMNS else distinct) for column, encoding in CATEGORICAL),
+            (list(COUNT_COLUMNS), counts),
+            (["total_prior_visits"], (visits[0] + visits[1] + visits[2])[:, None]),
+            *(([f"{column}_{g}" for g in schema.DIAGNOSIS_GROUPS], group_rows[at[column]])
+              for column in schema.DIAGNOSIS_COLUMNS),  # fmt: skip
+            rows("max_glu_serum", GLUCOSE),
+            rows("A1Cresult", A1C),
+            ([f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS], medications),
+            (["medications_active", "medications_changed"],
+             np.column_stack([(medications > 0).sum(axis=1), (medications >= 2).sum(axis=1)]).astype(float)),
+            rows("change", CHANGE),
+            rows("diabetesMed", DIABETES_MEDICATION),
+        ]
+        names = tuple(name for block_names, _ in blocks for name in block_names)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame(np.hstack([values for _, values in blocks]), columns=_output_columns(names), index=index,
+                            copy=False)  # fmt: skip
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """The output columns, the same for every input."""
         return self.transform(pd.DataFrame(columns=list(schema.FEATURE_INPUT_COLUMNS))).columns.to_numpy(dtype=object)
+
+
+@lru_cache
+def _output_columns(names: tuple[str, ...]) -> pd.Index:
+    """The output column index, built once (building it costs more than the features of a few rows)."""
+    return pd.Index(names)
 
 
 def target(readmitted: pd.Series, kind: str = "any") -> pd.Series:

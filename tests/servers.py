@@ -158,3 +158,230 @@ class MariaDB:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=60)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_API_DOCKERFILE = REPO_ROOT / "ec2_api" / "Dockerfile"
+
+
+def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_000,
+                   interval: float = 300.0) -> tuple[ServerProcess, str]:  # fmt: skip
+    """Start the data API on a free 127.0.0.1 port with its image's command (gunicorn, one worker, `ec2_api.app:app`).
+
+    Returns the started server (call `.stop()` when done) and its base URL. The batch
+    clock starts when it is ready, so with the default interval batch 1 stays current.
+    """
+    port = free_port()
+    env = {"DATASET_PATH": str(dataset_path), "BATCH_SIZE": str(batch_size), "BATCH_INTERVAL_SECONDS": str(interval)}
+    server = ServerProcess(run_locally(image_command(DATA_API_DOCKERFILE), DATA_API_DOCKERFILE, port),
+                           f"http://127.0.0.1:{port}/health", log_dir / f"data-api-{port}.log", env=env, cwd=REPO_ROOT)
+    return server.start(), f"http://127.0.0.1:{port}"
+
+
+# --- service images: tests start a service with its Dockerfile's own command ---------------------
+
+
+def dockerfile_instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of `dockerfile`, comments dropped and continued lines joined."""
+    instructions, parts = [], []
+    for line in dockerfile.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        parts.append(stripped.removesuffix("\\").strip())
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = " ".join(parts).partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+            parts = []
+    return instructions
+
+
+def exec_form(arguments: str, what: str) -> list[str]:
+    """The argv of an exec-form (JSON array) CMD/HEALTHCHECK argument; ValueError for the shell form."""
+    import json
+
+    try:
+        argv = json.loads(arguments)
+    except json.JSONDecodeError:
+        argv = None
+    if not isinstance(argv, list) or not all(isinstance(item, str) for item in argv):
+        raise ValueError(f"{what} is not in exec form (a JSON array of strings): {arguments}")
+    return argv
+
+
+def image_command(dockerfile: Path) -> list[str]:
+    """The argv of the image's (last) CMD."""
+    commands = [arguments for keyword, arguments in dockerfile_instructions(dockerfile) if keyword == "CMD"]
+    if not commands:
+        raise ValueError(f"{dockerfile} has no CMD")
+    return exec_form(commands[-1], f"the CMD of {dockerfile}")
+
+
+def exposed_port(dockerfile: Path) -> int:
+    """The first port the image EXPOSEs."""
+    for keyword, arguments in dockerfile_instructions(dockerfile):
+        if keyword == "EXPOSE":
+            return int(arguments.split()[0].split("/")[0])
+    raise ValueError(f"{dockerfile} EXPOSEs no port")
+
+
+def run_locally(argv: list[str], dockerfile: Path, port: int) -> list[str]:
+    """`argv` from the image, run from this checkout on 127.0.0.1:`port`: its program from the
+    virtualenv, 0.0.0.0 as 127.0.0.1, the EXPOSEd port as `port` and the image's WORKDIR as the repository."""
+    image_port = str(exposed_port(dockerfile))
+    workdir = [arguments for keyword, arguments in dockerfile_instructions(dockerfile) if keyword == "WORKDIR"][-1]
+
+    def local(token: str) -> str:
+        if token == image_port:
+            return str(port)
+        if token == workdir or token.startswith(workdir + "/"):
+            return str(REPO_ROOT) + token[len(workdir):]
+        return token.replace("0.0.0.0", "127.0.0.1").replace(f":{image_port}", f":{port}")
+
+    program = VENV_BIN / argv[0]
+    return [str(program) if program.exists() else argv[0], *map(local, argv[1:])]
+
+
+# --- Prometheus and the Pushgateway (Debian packages) ----------------------------------------------
+
+
+def installed(name: str) -> str:
+    """The path of an installed program; FileNotFoundError naming the package step when it is missing."""
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found: `make test` installs it (APT_PACKAGES in the Makefile)")
+    return found
+
+
+class Pushgateway(ServerProcess):
+    """The Prometheus Pushgateway (Debian `prometheus-pushgateway`) on a free port, metrics in memory only."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([installed("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{self.port}"],
+                         f"{self.url}/-/ready", log_dir / f"pushgateway-{self.port}.log")  # fmt: skip
+
+    def metrics(self) -> str:
+        """The Pushgateway's /metrics text: what Prometheus scrapes from it."""
+        response = requests.get(f"{self.url}/metrics", timeout=5)
+        response.raise_for_status()
+        return response.text
+
+
+class PrometheusServer(ServerProcess):
+    """Prometheus (Debian `prometheus`) on `config`, a throw-away TSDB under `root` and a free port."""
+
+    def __init__(self, config: Path, root: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([installed("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
+                          f"--web.listen-address=127.0.0.1:{self.port}"],
+                         f"{self.url}/-/ready", root / f"prometheus-{self.port}.log")  # fmt: skip
+
+    def query(self, expr: str) -> list[dict]:
+        """The result of an instant PromQL query; ValueError with Prometheus' own message when it fails to parse."""
+        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        if body.get("status") != "success":
+            raise ValueError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def targets(self) -> list[dict]:
+        """The active scrape targets with their health."""
+        return requests.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+
+
+# --- the inference API and the MLflow server ---------------------------------------------------------
+
+INFERENCE_API_DOCKERFILE = REPO_ROOT / "fastapi" / "Dockerfile"
+
+
+def start_inference_api(settings: dict[str, str], log_dir: Path, workers: int = 1,
+                        wait_for_model: bool = True) -> tuple[ServerProcess, str]:  # fmt: skip
+    """Start the inference API with its image's command (gunicorn, `workers` uvicorn workers) on a free port.
+
+    `settings` are environment variables of `Settings` (MLFLOW_TRACKING_URI, MODEL_URI,
+    RELOAD_TOKEN, MODEL_POLL_SECONDS...); DATA_DIR and PROMETHEUS_MULTIPROC_DIR default to
+    folders under `log_dir`. Ready when `/ready` answers (a model is loaded), or only
+    `/health` when `wait_for_model` is False. Returns the server (call `.stop()`) and its URL.
+    """
+    port = free_port()
+    env = {"DATA_DIR": str(log_dir / "api-data"), "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"api-metrics-{port}"),
+           **settings, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_WORKERS": str(workers)}  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(run_locally(image_command(INFERENCE_API_DOCKERFILE), INFERENCE_API_DOCKERFILE, port),
+                           f"{url}/ready" if wait_for_model else f"{url}/health", log_dir / f"inference-api-{port}.log",
+                           env=env, cwd=REPO_ROOT, timeout=180)  # fmt: skip
+    return server.start(), url
+
+
+class MlflowServer(ServerProcess):
+    """The real `mlflow server` on a free port, its backend store and proxied artifacts under `root` by default."""
+
+    def __init__(self, root: Path, backend_store_uri: str | None = None, artifacts_destination: str | None = None):
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", artifacts_destination or (root / "artifacts").as_uri()],
+            f"{self.url}/health", root / f"mlflow-{self.port}.log", timeout=180,
+        )  # fmt: skip
+
+
+# --- S3 (moto standing in for MinIO) and the MLflow server of Dockerfile_mlflow ------------------------
+
+MLFLOW_DOCKERFILE = REPO_ROOT / "Dockerfile_mlflow"
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
+class S3Server(ServerProcess):
+    """moto's S3 server (the real `moto_server` process) on a free port, standing in for MinIO; state in memory."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                         f"{self.url}/moto-api/", log_dir / f"moto-s3-{self.port}.log")  # fmt: skip
+
+    def client(self):
+        """A boto3 S3 client of this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+    def keys(self, bucket: str, containing: str = "") -> list[str]:
+        """The keys of `bucket` that contain `containing`."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", []) if containing in o["Key"]]
+
+
+def create_database(mariadb: MariaDB, name: str) -> str:
+    """Create database `name` for the test user unless it exists (`MariaDB.reset` leaves it alone); its URL."""
+    mariadb._sql(f"CREATE DATABASE IF NOT EXISTS {name}; GRANT ALL ON {name}.* TO '{mariadb.USER}'@'%';")
+    return mariadb.url(name)
+
+
+def start_mlflow_image(backend_store_uri: str, artifacts_destination: str, s3_endpoint_url: str,
+                       log_dir: Path) -> tuple[ServerProcess, str]:  # fmt: skip
+    """Start the real `mlflow server` with Dockerfile_mlflow's own command on a free 127.0.0.1 port.
+
+    That command (scripts/mlflow_server.sh) runs `mlflow db upgrade` on `backend_store_uri`,
+    then serves with artifacts proxied to `artifacts_destination` (s3://bucket/prefix) at
+    `s3_endpoint_url`, accepting only the Host headers 127.0.0.1:<port> and localhost:<port>.
+    Returns the server (call `.stop()`) and its URL.
+    """
+    port = free_port()
+    env = {**S3_TEST_CREDENTIALS, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_BACKEND_STORE_URI": backend_store_uri, "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
+           "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url, "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
+           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"}  # fmt: skip
+    server = ServerProcess(run_locally(image_command(MLFLOW_DOCKERFILE), MLFLOW_DOCKERFILE, port),
+                           f"http://127.0.0.1:{port}/health", log_dir / f"mlflow-{port}.log", env=env, cwd=REPO_ROOT,
+                           timeout=240)  # fmt: skip
+    return server.start(), f"http://127.0.0.1:{port}"

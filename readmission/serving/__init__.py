@@ -1,0 +1,1 @@
+"""The FastAPI inference service: request schemas, model store, metrics, app and launcher."""

@@ -1,0 +1,160 @@
+"""The body of a batch request (a JSON list or a CSV in the data set's format) -> the model's input.
+
+Both formats are checked against the same field specs (`schemas.FIELDS`): JSON object by
+object with the pydantic `Encounter` model, CSV by checking each distinct cell text once
+against its column's spec (a batch has few distinct values per column). Either way the result is
+one object matrix in `schema.FEATURE_INPUT_COLUMNS` order, ready for a single model call,
+or an error that names every offending row and field (the first `MAX_ERRORS` of them).
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, TypeAdapter, ValidationError
+
+from readmission.serving.schemas import (
+    FIELDS,
+    IGNORED_COLUMNS,
+    INPUT_COUNT,
+    MAX_TEXT_LENGTH,
+    Encounter,
+    FieldSpec,
+    encounter_row,
+)
+
+MAX_ERRORS = 20  # a 10,000-row batch with a wrong column would otherwise answer 10,000 errors
+
+
+class InvalidBatch(ValueError):
+    """The batch is malformed; `errors` are FastAPI-style entries (loc, msg, type)."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        super().__init__("; ".join(e["msg"] for e in errors[:3]))
+        self.errors = errors
+
+
+class BatchTooLarge(ValueError):
+    """More encounters than `MAX_BATCH_ROWS`."""
+
+
+def bounded(errors: list[dict[str, Any]], total: int | None = None) -> list[dict[str, Any]]:
+    """The first `MAX_ERRORS` errors, with a last entry saying how many were left out."""
+    total = len(errors) if total is None else total
+    kept = errors[:MAX_ERRORS]
+    if total > len(kept):
+        kept.append({"loc": ["body"], "msg": f"... and {total - len(kept)} more errors", "type": "too_many_errors"})
+    return kept
+
+
+def validation_errors(error: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> list[dict[str, Any]]:
+    """pydantic's errors as API errors: where, what, which kind; never the input echoed back."""
+    entries = error.errors(include_url=False, include_input=False, include_context=False)
+    return bounded([{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in entries[:MAX_ERRORS]],
+                   error.error_count())  # fmt: skip
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+@lru_cache
+def _batch_adapter(max_rows: int) -> TypeAdapter:
+    return TypeAdapter(Annotated[list[Encounter], Field(min_length=1, max_length=max_rows)])
+
+
+def encounters_from_json(body: bytes, max_rows: int) -> np.ndarray:
+    """A JSON list of encounters, validated in one pass from the raw bytes."""
+    try:
+        encounters = _batch_adapter(max_rows).validate_json(body)
+    except ValidationError as error:
+        too_long = [e for e in error.errors(include_url=False) if e["type"] == "too_long" and e["loc"] == ()]
+        if too_long:
+            raise BatchTooLarge(f"{too_long[0]['ctx']['actual_length']} encounters in one request; the limit is "
+                                f"{max_rows} (MAX_BATCH_ROWS): split the batch.") from None  # fmt: skip
+        raise InvalidBatch(validation_errors(error)) from None
+    return np.array([encounter_row(e) for e in encounters], dtype=object)
+
+
+# --- CSV --------------------------------------------------------------------------------
+
+
+def _error(row: int | None, column: str, message: str, kind: str) -> dict[str, Any]:
+    loc = ["body", column] if row is None else ["body", row, column]
+    return {"loc": loc, "msg": message, "type": kind}
+
+
+def _read_csv(body: bytes) -> pd.DataFrame:
+    """The CSV as text cells, as the data set reader reads it, but as Python strings (validated value by value)."""
+    try:
+        return pd.read_csv(io.BytesIO(body), dtype=object, keep_default_na=False, na_values=[""])
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise InvalidBatch([{"loc": ["body"], "msg": f"not a CSV in the data set's format: {exc}",
+                             "type": "csv_invalid"}]) from None  # fmt: skip
+
+
+def _accepted(spec: FieldSpec, distinct: np.ndarray, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which distinct cell texts `spec` accepts, and the model input value of each."""
+    if spec.vocabulary is not None:
+        allowed = set(spec.vocabulary)
+        return np.fromiter((v in allowed for v in distinct), bool, len(distinct)), distinct
+    if spec.codes is None and spec.count_range is None:
+        return np.fromiter((len(v) <= MAX_TEXT_LENGTH for v in distinct), bool, len(distinct)), distinct
+    whole = np.isfinite(numbers) & (numbers == np.round(numbers))
+    if spec.codes is not None:
+        valid = whole & np.isin(numbers, list(spec.codes))
+    else:
+        valid = whole & (numbers >= spec.count_range[0]) & (numbers <= spec.count_range[1])
+    return valid, np.where(valid, numbers, 0).astype(np.int64).astype(object)
+
+
+def encounters_from_csv(body: bytes, max_rows: int) -> np.ndarray:
+    """A CSV in the data set's format (header row; extra data-set columns such as `readmitted` are ignored).
+
+    Every distinct cell text is checked once (a column holds a handful of distinct values),
+    and the verdicts are looked up for each cell.
+    """
+    frame = _read_csv(body)
+    if len(frame) > max_rows:
+        raise BatchTooLarge(f"{len(frame)} encounters in one request; the limit is {max_rows} (MAX_BATCH_ROWS): "
+                            "split the batch.")  # fmt: skip
+    if frame.empty:
+        raise InvalidBatch([{"loc": ["body"], "msg": "the CSV holds no encounters", "type": "too_short"}])
+    unknown = [c for c in frame.columns if c not in FIELDS and c not in IGNORED_COLUMNS]
+    missing = [c for c, spec in FIELDS.items() if spec.required and c not in frame.columns]
+    errors = [_error(None, c, f"unknown column {c!r}", "extra_forbidden") for c in unknown]
+    errors += [_error(None, c, f"required column {c!r} is missing", "missing") for c in missing]
+    if errors:
+        raise InvalidBatch(bounded(errors))
+
+    present = [c for c in FIELDS if c in frame.columns]
+    text = frame[present].to_numpy(dtype=object)
+    codes, distinct = pd.factorize(text.ravel())  # empty cells get code -1
+    codes = codes.reshape(text.shape)
+    numbers = pd.to_numeric(distinct, errors="coerce").astype(float)
+    verdicts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # the 23 medications share one vocabulary
+    table = np.empty((len(frame), INPUT_COUNT), dtype=object)
+    total = 0
+    for i, (column, spec) in enumerate(FIELDS.items()):
+        if column not in frame.columns:
+            table[:, i] = spec.default
+            continue
+        key = (spec.vocabulary, tuple(spec.codes or ()), spec.count_range)
+        if key not in verdicts:
+            verdicts[key] = _accepted(spec, distinct, numbers)
+        valid, values = verdicts[key]
+        cells = codes[:, present.index(column)]  # -1 (empty) picks the appended last entry
+        table[:, i] = np.append(values, spec.default)[cells]
+        rows = np.flatnonzero(~np.append(valid, not spec.required)[cells])
+        total += len(rows)
+        for row in rows[: max(0, MAX_ERRORS - len(errors))]:
+            value = text[row, present.index(column)]
+            problem = "required value is missing" if pd.isna(value) else f"{value!r} is not allowed"
+            errors.append(_error(int(row), column, f"{problem} (CSV line {row + 2}): expected {spec.allowed_text()}",
+                                 "value_error"))  # fmt: skip
+    if errors:
+        raise InvalidBatch(bounded(errors, total))
+    return table

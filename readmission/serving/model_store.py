@@ -1,0 +1,225 @@
+"""The model in service: loaded at start-up, kept fresh by polling its alias, swapped atomically.
+
+`ModelStore.current` is one reference to an immutable `ServedModel`. A new version is loaded
+completely on the side and then swapped in with a single assignment, so a request that
+already holds the old model finishes with it, and no request ever sees half a model. When
+loading fails (MLflow down, artifact missing), the old model keeps serving; the failure is
+counted in the metrics and logged, and the next poll tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from readmission import schema
+from readmission.config import Settings
+from readmission.drift import DriftWindow, window_of_model
+from readmission.features import INPUT_COLUMNS, EncounterFeatures
+from readmission.serving import metrics
+
+log = logging.getLogger(__name__)
+
+STARTUP_RETRY_SECONDS = 5.0  # while no model is loaded, retry at least this often
+DEFAULT_THRESHOLD = 0.5
+THRESHOLD_KEYS = ("decision_threshold", "threshold")  # where a training run may record its threshold
+# The store retries on its own schedule; MLflow's client-side back-off (minutes when the
+# server is down) would only hold `/reload` and the poll hostage.
+MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+Trigger = Literal["startup", "poll", "http"]
+# `ServedModel` feeds the classifier a plain matrix after checking its columns once (see `_steps`).
+warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be resolved or loaded; the one in service (if any) stays."""
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What `MODEL_URI` points at right now: a registered version, or a path."""
+
+    uri: str  # what it is: models:/<name>/<version>, or the path
+    name: str
+    source: str = ""  # where its files are (the registry's download location); empty: `uri` itself
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded pipeline and what the model card says about it. Never changed once built."""
+
+    pipeline: Pipeline  # raw encounter columns -> probabilities
+    target: ModelTarget
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    decision_threshold: float
+    loaded_at: datetime
+    load_seconds: float
+    drift: DriftWindow | None = None  # recent inputs against the training profile logged with the model
+
+    @cached_property
+    def _steps(self) -> tuple[EncounterFeatures, object, int] | None:
+        """(features, classifier, positive column) when the pipeline may be called step by step, else None.
+
+        scikit-learn checks a DataFrame's columns on every call (a millisecond for 147 features)
+        and the feature step reads a raw matrix as it is; so for the production shape,
+        `EncounterFeatures` then a classifier fitted on exactly its output columns (checked
+        once, here), the steps are called directly on plain matrices.
+        """
+        if len(self.pipeline) != 2 or not isinstance(features := self.pipeline[0], EncounterFeatures):
+            return None
+        classifier = self.pipeline[-1]
+        if list(getattr(classifier, "feature_names_in_", [])) != list(features.get_feature_names_out()):
+            return None
+        return features, classifier, list(classifier.classes_).index(1)
+
+    def probabilities(self, table: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """Readmission probability of each row of raw input (a matrix in `FEATURE_INPUT_COLUMNS` order): one call."""
+        if self._steps is None:
+            frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table, columns=INPUT_COLUMNS, dtype=object)
+            return self.pipeline.predict_proba(frame)[:, list(self.pipeline.classes_).index(1)]
+        features, classifier, positive = self._steps
+        return classifier.predict_proba(features.transform(table).to_numpy())[:, positive]
+
+
+def resolve_target(settings: Settings) -> ModelTarget:
+    """The version `MODEL_URI` names now (asking the registry for an alias), or the path it names."""
+    from readmission.registry import MODEL_URI, client
+
+    if not (match := MODEL_URI.match(settings.model_uri)):
+        return ModelTarget(uri=settings.model_uri, name=settings.model_name)
+    registry = client(settings)
+    name, alias = match["name"], match["alias"]
+    version = registry.get_model_version_by_alias(name, alias) if alias else registry.get_model_version(name, match["version"])
+    return ModelTarget(uri=f"models:/{name}/{version.version}", name=name, version=str(version.version), alias=alias,
+                       source=registry.get_model_version_download_uri(name, version.version), run_id=version.run_id,
+                       tags=dict(version.tags or {}))  # fmt: skip
+
+
+def load_pipeline(model_dir: Path) -> Pipeline:
+    """The scikit-learn pipeline of an MLflow sklearn model folder, deserialized by skops with our allow-list.
+
+    Not `mlflow.sklearn.load_model`: MLflow 3 refuses to deserialize any model unless
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set, and then trusts the allow-list stored with the
+    model, written by whoever wrote the model. The platform's own list is used instead.
+    """
+    import skops.io
+    from mlflow.models import Model
+
+    from readmission.registry import SKOPS_TRUSTED_TYPES
+
+    flavor = Model.load(str(model_dir)).flavors.get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops":
+        raise ModelLoadError(f"{model_dir} is not a skops-serialized sklearn model (flavor {flavor or 'missing'}): "
+                             "the service does not unpickle models")  # fmt: skip
+    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
+
+
+def _decision_threshold(params: dict[str, str], run_metrics: dict[str, float]) -> float:
+    for key in THRESHOLD_KEYS:
+        for source in (params, run_metrics):
+            if key in source:
+                return float(source[key])
+    return DEFAULT_THRESHOLD
+
+
+def load_model(settings: Settings, target: ModelTarget) -> ServedModel:
+    """Download and deserialize `target`, with its run's metrics and lineage tags."""
+    import mlflow
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="served-model-") as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target.source or target.uri, dst_path=folder,
+                                                         tracking_uri=settings.mlflow_tracking_uri))  # fmt: skip
+        pipeline = load_pipeline(local)
+        drift = window_of_model(local, settings.drift_window)
+    params, run_metrics, tags = {}, {}, dict(target.tags)
+    if target.run_id:
+        from readmission.registry import client
+
+        run = client(settings).get_run(target.run_id)
+        params, run_metrics = dict(run.data.params), dict(run.data.metrics)
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} | tags
+    model = ServedModel(
+        pipeline=pipeline, target=target, metrics=run_metrics, tags=tags,
+        decision_threshold=_decision_threshold(params, run_metrics), loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started, drift=drift,
+    )  # fmt: skip
+    model.probabilities(np.full((1, len(INPUT_COLUMNS)), schema.MISSING, dtype=object))  # fail here, not in a request
+    return model
+
+
+class ModelStore:
+    """Holds the model in service and replaces it when `MODEL_URI` points at a new version."""
+
+    def __init__(self, settings: Settings):
+        for name, value in MLFLOW_CLIENT_DEFAULTS.items():
+            os.environ.setdefault(name, value)  # MLflow's own knobs; an operator's value wins
+        self.settings = settings
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self._loading = threading.Lock()
+        self._stopping = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def refresh(self, trigger: Trigger) -> tuple[Literal["loaded", "unchanged"], ServedModel]:
+        """Load the version `MODEL_URI` names if it is not the one in service; raise `ModelLoadError` on failure."""
+        with self._loading:
+            previous = self.current
+            try:
+                target = resolve_target(self.settings)
+                # A registered version never changes; a path may, so /reload (only) loads it again.
+                if previous and target.uri == previous.target.uri and (target.version or trigger != "http"):
+                    metrics.MODEL_RELOADS.labels("unchanged", trigger).inc()
+                    return "unchanged", previous
+                model = load_model(self.settings, target)
+            except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model in service
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.MODEL_RELOADS.labels("failure", trigger).inc()
+                log.warning("loading %s failed (%s); %s", self.settings.model_uri, self.last_error,
+                            f"still serving version {previous.target.version}" if previous else "no model in service")
+                raise ModelLoadError(self.last_error) from exc
+            self.current = model  # the swap: one reference assignment
+            self.last_error = None
+            metrics.model_swapped(previous and previous.target, model.target, model.load_seconds)
+            metrics.MODEL_RELOADS.labels("success", trigger).inc()
+            log.info("serving %s (%s) after %s; loaded in %.2fs", model.target.uri, model.target.name, trigger,
+                     model.load_seconds)  # fmt: skip
+            return "loaded", model
+
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.refresh("startup" if self.current is None else "poll")
+            except ModelLoadError:
+                pass  # counted and logged by refresh
+            poll = self.settings.model_poll_seconds
+            self._stopping.wait(poll if self.current else min(poll, STARTUP_RETRY_SECONDS))
+
+    def start(self) -> None:
+        """Load in the background (the process answers /health at once) and keep polling."""
+        self._poller = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._poller:
+            self._poller.join(timeout=5)

@@ -1,0 +1,273 @@
+"""Request and response models of the inference API, generated from `readmission.schema`.
+
+One `FieldSpec` per raw input column says what the column accepts (a closed vocabulary,
+a code table, a count range or free text), what it means and what a missing value
+defaults to. The pydantic request model (JSON, and the OpenAPI schema) and the CSV
+validator of `readmission.serving.tabular` are both built from these specs, so the two
+input formats accept exactly the same encounters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticUndefined
+
+from readmission import schema
+
+MAX_TEXT_LENGTH = 64  # ICD-9 codes and specialty names are far shorter; bounds what a request can carry
+RISK_BANDS = ("low", "medium", "high")
+RISK_LABELS = {
+    "low": "Low risk of readmission",
+    "medium": "Moderate risk of readmission",
+    "high": "High risk of readmission",
+}
+# Columns of the data set a request may carry that the model does not use (rows can be sent as they are).
+IGNORED_COLUMNS = (*schema.ID_COLUMNS, schema.TARGET_COLUMN)
+
+CODE_TABLES: dict[str, dict[int, str]] = {
+    "admission_type_id": schema.ADMISSION_TYPES,
+    "discharge_disposition_id": schema.DISCHARGE_DISPOSITIONS,
+    "admission_source_id": schema.ADMISSION_SOURCES,
+}
+# The data set's own "missing" meaning of each optional column; columns not listed are required.
+MISSING_MEANING: dict[str, Any] = {
+    "race": schema.MISSING,
+    "gender": "Unknown/Invalid",
+    "weight": schema.MISSING,
+    "admission_type_id": 6,  # NULL
+    "discharge_disposition_id": 18,  # NULL
+    "admission_source_id": 17,  # NULL
+    "payer_code": schema.MISSING,
+    "medical_specialty": schema.MISSING,
+    **{column: schema.MISSING for column in schema.DIAGNOSIS_COLUMNS},
+    "max_glu_serum": schema.NOT_TAKEN,
+    "A1Cresult": schema.NOT_TAKEN,
+    **{medication: "No" for medication in schema.MEDICATIONS},
+    "change": "No",
+    "diabetesMed": "No",
+}
+# Closed vocabularies that also accept the missing marker `?` (as the data set does).
+MAY_BE_MISSING = ("race", "weight", "payer_code")
+
+DESCRIPTIONS = {
+    "race": "Race as recorded.",
+    "gender": "Gender as recorded.",
+    "age": "Age bracket in years.",
+    "weight": "Weight bracket in pounds; rarely recorded.",
+    "admission_type_id": "Admission type (code table of the data set).",
+    "discharge_disposition_id": "Where the patient went at discharge (code table of the data set).",
+    "admission_source_id": "Where the patient was admitted from (code table of the data set).",
+    "time_in_hospital": "Days from admission to discharge.",
+    "payer_code": "Payer, e.g. MC = Medicare, HM = HMO, SP = self-pay, BC = Blue Cross.",
+    "medical_specialty": "Specialty of the admitting physician. Any text is accepted; the model knows these: "
+    + ", ".join(schema.MEDICAL_SPECIALTIES)
+    + "; others count as 'other'.",
+    "num_lab_procedures": "Lab tests performed during the encounter.",
+    "num_procedures": "Procedures other than lab tests performed during the encounter.",
+    "num_medications": "Distinct generic drugs administered during the encounter.",
+    "number_outpatient": "Outpatient visits in the year before the encounter.",
+    "number_emergency": "Emergency visits in the year before the encounter.",
+    "number_inpatient": "Inpatient admissions in the year before the encounter.",
+    "diag_1": "Primary diagnosis as an ICD-9 code (e.g. 428, 250.01, V57, E878).",
+    "diag_2": "Secondary diagnosis as an ICD-9 code.",
+    "diag_3": "Additional secondary diagnosis as an ICD-9 code.",
+    "number_diagnoses": "Diagnoses entered for the encounter.",
+    "max_glu_serum": "Maximum glucose serum test result in mg/dL; 'None' means not taken.",
+    "A1Cresult": "HbA1c test result in %; 'None' means not taken.",
+    "change": "Change of diabetes medications: 'Ch' changed, 'No' no change.",
+    "diabetesMed": "Any diabetes medication prescribed.",
+    **{
+        medication: f"{medication}: 'No' not prescribed, 'Steady' dose unchanged, 'Up' increased, 'Down' decreased."
+        for medication in schema.MEDICATIONS
+    },
+}
+EXAMPLE_ENCOUNTER: dict[str, Any] = {
+    "race": "Caucasian", "gender": "Female", "age": "[70-80)", "weight": "?",
+    "admission_type_id": 1, "discharge_disposition_id": 1, "admission_source_id": 7,
+    "time_in_hospital": 5, "payer_code": "MC", "medical_specialty": "InternalMedicine",
+    "num_lab_procedures": 45, "num_procedures": 1, "num_medications": 16,
+    "number_outpatient": 0, "number_emergency": 0, "number_inpatient": 1,
+    "diag_1": "428", "diag_2": "250.01", "diag_3": "401", "number_diagnoses": 9,
+    "max_glu_serum": "None", "A1Cresult": ">8",
+    **{medication: "No" for medication in schema.MEDICATIONS}, "metformin": "Steady", "insulin": "Up",
+    "change": "Ch", "diabetesMed": "Yes",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one raw input column accepts: a vocabulary, a code table, a count range, or free text."""
+
+    column: str
+    description: str
+    default: Any = PydanticUndefined  # PydanticUndefined: required
+    vocabulary: tuple[str, ...] | None = None
+    codes: dict[int, str] | None = None
+    count_range: tuple[int, int] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is PydanticUndefined
+
+    def allowed_text(self) -> str:
+        """The accepted values, in words, for the documentation and error messages."""
+        if self.vocabulary is not None:
+            return "one of " + ", ".join(repr(v) for v in self.vocabulary)
+        if self.codes is not None:
+            return "one of " + "; ".join(f"{code} = {meaning}" for code, meaning in self.codes.items())
+        if self.count_range is not None:
+            return f"a whole number from {self.count_range[0]} to {self.count_range[1]}"
+        return f"any text up to {MAX_TEXT_LENGTH} characters ('{schema.MISSING}' = not recorded)"
+
+    def documentation(self) -> str:
+        default = "Required." if self.required else f"Default {self.default!r} (the data set's 'missing')."
+        return f"{self.description} Allowed: {self.allowed_text()}. {default}"
+
+
+def _field_spec(column: str) -> FieldSpec:
+    common = {"column": column, "description": DESCRIPTIONS[column], "default": MISSING_MEANING.get(column, PydanticUndefined)}
+    if column in schema.VOCABULARIES:
+        extra = (schema.MISSING,) if column in MAY_BE_MISSING else ()
+        return FieldSpec(**common, vocabulary=schema.VOCABULARIES[column] + extra)
+    if column == "payer_code":  # the data set's complete list of payers
+        return FieldSpec(**common, vocabulary=schema.PAYER_CODES + (schema.MISSING,))
+    if column in CODE_TABLES:
+        return FieldSpec(**common, codes=CODE_TABLES[column])
+    if column in schema.COUNT_RANGES:
+        return FieldSpec(**common, count_range=schema.COUNT_RANGES[column])
+    return FieldSpec(**common)  # free text: ICD-9 codes (unknown ones map to "other") and specialties
+
+
+FIELDS: dict[str, FieldSpec] = {column: _field_spec(column) for column in schema.FEATURE_INPUT_COLUMNS}
+
+
+def _annotation(spec: FieldSpec) -> Any:
+    if spec.vocabulary is not None:
+        return Literal[spec.vocabulary]
+    if spec.codes is not None:
+        return Literal[tuple(spec.codes)]
+    if spec.count_range is not None:
+        return Annotated[int, Field(ge=spec.count_range[0], le=spec.count_range[1])]
+    return Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+
+
+def _pydantic_field(spec: FieldSpec) -> tuple[Any, Any]:
+    field = Field(spec.default, description=spec.documentation(), examples=[EXAMPLE_ENCOUNTER[spec.column]])
+    return _annotation(spec), field
+
+
+class _EncounterBase(BaseModel):
+    # Strict: numbers must be JSON numbers and text JSON strings; unknown fields are typos, not data.
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"examples": [EXAMPLE_ENCOUNTER]})
+
+
+Encounter = create_model(
+    "Encounter",
+    __base__=_EncounterBase,
+    __doc__="One hospital encounter of a diabetic patient, in the data set's own raw vocabulary.",
+    **{column: _pydantic_field(spec) for column, spec in FIELDS.items()},
+    # Last, after the model's inputs (see `encounter_row`): accepted so rows of the data set can be sent as they are.
+    encounter_id=(int | str | None, Field(None, description="Ignored by the model.")),
+    patient_nbr=(int | str | None, Field(None, description="Ignored by the model.")),
+    readmitted=(Literal[schema.TARGET_VALUES] | None, Field(None, description="Ignored by the model.")),
+)
+INPUT_COUNT = len(FIELDS)
+
+
+def encounter_row(encounter: BaseModel) -> list[Any]:
+    """The model's input values of a validated encounter, in `schema.FEATURE_INPUT_COLUMNS` order."""
+    return list(encounter.__dict__.values())[:INPUT_COUNT]  # fields are declared in that order, ignored ones last
+
+
+# --- responses --------------------------------------------------------------------------
+
+
+class RowPrediction(BaseModel):
+    """The model's answer for one encounter."""
+
+    prediction: Literal[0, 1] = Field(description="1: a readmission is expected (probability at or above the "
+                                      "model's decision threshold), 0: not.", examples=[1])  # fmt: skip
+    probability: float = Field(ge=0, le=1, description="Predicted probability of a readmission.", examples=[0.64])
+    risk_band: Literal[RISK_BANDS] = Field(description="low / medium / high, by the RISK_MEDIUM_THRESHOLD and "
+                                           "RISK_HIGH_THRESHOLD settings.", examples=["high"])  # fmt: skip
+    label: str = Field(description="The risk band in plain words.", examples=[RISK_LABELS["high"]])
+
+
+class Prediction(RowPrediction):
+    """The model's answer for one encounter, and the model that gave it."""
+
+    model_name: str = Field(description="Registered model name.", examples=["diabetes-readmission"])
+    model_version: str | None = Field(description="Registered version; null for a model loaded from a path.",
+                                      examples=["3"])  # fmt: skip
+
+
+class BatchPrediction(BaseModel):
+    """The model's answers for a batch, in the order of the request's encounters."""
+
+    model_name: str = Field(examples=["diabetes-readmission"])
+    model_version: str | None = Field(examples=["3"])
+    rows: int = Field(description="Number of encounters scored.", examples=[1])
+    predictions: list[RowPrediction]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_name: str
+    model_version: str | None
+
+
+class InputField(BaseModel):
+    name: str
+    required: bool
+    allowed: str
+    default: Any = None
+
+
+class ModelCard(BaseModel):
+    """The model in service: where it came from, how good it was, and what it takes."""
+
+    name: str
+    version: str | None
+    alias: str | None
+    uri: str = Field(description="What was loaded, e.g. models:/diabetes-readmission/3.")
+    run_id: str | None
+    metrics: dict[str, float] = Field(description="Metrics of the training run (test_roc_auc, ...).")
+    tags: dict[str, str] = Field(description="Lineage tags of the run and the registered version.")
+    decision_threshold: float
+    loaded_at: datetime
+    load_seconds: float
+    input_fields: list[InputField]
+
+
+class ReloadResult(BaseModel):
+    outcome: Literal["loaded", "unchanged"]
+    model_version: str | None
+    previous_version: str | None
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where: 'body', then the row (batch) and the field.")
+    msg: str
+    type: str
+
+
+class ValidationErrors(BaseModel):
+    detail: list[FieldError]
+
+
+def input_fields() -> list[InputField]:
+    """The documented input fields, for the model card."""
+    return [InputField(name=s.column, required=s.required, allowed=s.allowed_text(),
+                       default=None if s.required else s.default) for s in FIELDS.values()]  # fmt: skip

@@ -1,0 +1,87 @@
+"""The production launcher: gunicorn managing `API_WORKERS` uvicorn workers.
+
+`python -m readmission.serving.server` (the Docker image's command, and what the tests
+start) calls `serve(get_settings())`. Before any worker exists it wipes the Prometheus
+multi-process folder (stale files would add up into the new counts) and pins the native
+thread pools to one thread per worker: the workers are the parallelism.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
+
+from readmission.config import Settings, get_settings
+
+# One native thread per worker process (set before the workers import numpy and scikit-learn).
+SINGLE_THREAD_ENVIRONMENT = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+class Worker(UvicornWorker):
+    """uvicorn on uvloop and httptools, without access logs (the Prometheus metrics count every request)."""
+
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "access_log": False}
+
+
+def multiproc_dir(settings: Settings) -> Path:
+    """Where the workers' Prometheus samples live: `PROMETHEUS_MULTIPROC_DIR`, or a folder under `DATA_DIR`."""
+    return Path(settings.prometheus_multiproc_dir or settings.data_dir.resolve() / "prometheus-multiproc")
+
+
+def wipe(folder: Path) -> None:
+    """An empty `folder`: samples of a previous run must not be added to this one's."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+
+def _mark_worker_dead(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # its per-process gauges no longer count
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        options = {
+            "bind": f"{self.settings.api_host}:{self.settings.api_port}",
+            "workers": self.settings.api_workers,
+            "worker_class": "readmission.serving.server.Worker",
+            "timeout": 120,  # a worker blocked this long (not a slow model load: that runs in a thread) is replaced
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "proc_name": "readmission-api",
+            "control_socket_disable": True,  # gunicorn's control socket: one fixed path per user, shared by all
+            "child_exit": _mark_worker_dead,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from readmission.serving.app import create_app  # in each worker, after the environment is set
+
+        return create_app(self.settings)
+
+
+def serve(settings: Settings) -> None:
+    """Run the inference service with `settings.api_workers` workers until stopped (SIGTERM/SIGINT)."""
+    folder = multiproc_dir(settings)
+    wipe(folder)
+    # prometheus-client reads this when first imported (in each worker) to choose multi-process mode.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    for name, value in SINGLE_THREAD_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    _Gunicorn(settings.model_copy(update={"prometheus_multiproc_dir": str(folder)})).run()
+
+
+if __name__ == "__main__":
+    serve(get_settings())

@@ -1,0 +1,121 @@
+"""Test data factories shared by the test modules."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from readmission import schema
+from readmission.dataset import synthetic_dataset
+
+
+def encounter_rows(rows: int = 300, seed: int = 0, first_encounter_id: int = 1_000,
+                   patients: int | None = None) -> pd.DataFrame:  # fmt: skip
+    """Synthetic encounters as the data API client gives them (object columns of text), with
+    encounter ids first_encounter_id, first_encounter_id + 1, ...: batches built with disjoint
+    ranges never share an encounter."""
+    frame = synthetic_dataset(rows, seed=seed, patients=patients).astype(object)
+    frame["encounter_id"] = [str(first_encounter_id + i) for i in range(rows)]
+    return frame
+
+
+def encounter(**overrides) -> dict[str, str]:
+    """One encounter's 50 source columns as the data set writes them; keyword arguments override values."""
+    row = {
+        "encounter_id": "2278392", "patient_nbr": "8222157", "race": "Caucasian", "gender": "Female",
+        "age": "[70-80)", "weight": "?", "admission_type_id": "1", "discharge_disposition_id": "1",
+        "admission_source_id": "7", "time_in_hospital": "3", "payer_code": "MC", "medical_specialty": "Cardiology",
+        "num_lab_procedures": "41", "num_procedures": "1", "num_medications": "12", "number_outpatient": "1",
+        "number_emergency": "0", "number_inpatient": "2", "diag_1": "428", "diag_2": "250.01", "diag_3": "V45",
+        "number_diagnoses": "9", "max_glu_serum": "None", "A1Cresult": "None",
+        **dict.fromkeys(schema.MEDICATIONS, "No"),
+        "insulin": "Up", "metformin": "Steady", "change": "Ch", "diabetesMed": "Yes", "readmitted": "NO",
+    }  # fmt: skip
+    unknown = set(overrides) - set(row)
+    if unknown:
+        raise KeyError(f"not source columns: {sorted(unknown)}")
+    return row | overrides
+
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+
+def labelled_encounters(rows: int = 2_000, seed: int = 0) -> pd.DataFrame:
+    """Synthetic encounters as `Storage.labelled_encounters()` gives them: the 50 columns and their split."""
+    from readmission.split import assign_split
+
+    frame = synthetic_dataset(rows, seed=seed)
+    frame["split"] = assign_split(frame["patient_nbr"])
+    return frame
+
+
+def register_model(settings, seed: int = 0, trees: int = 30, promote: bool = True, figures: bool = False) -> str:
+    """Train a small GradientBoosting pipeline (the production shape), log and register it with the registry's
+    own functions (with the evaluation figures when `figures`), and move `@production` to it unless `promote`
+    is False; the new version."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from readmission import registry
+    from readmission.train import Candidate, train
+
+    classifier = GradientBoostingClassifier(n_estimators=trees, max_depth=2, random_state=seed)
+    result = train(labelled_encounters(seed=seed), settings, [Candidate("gradient_boosting", classifier)],
+                   figures=figures)
+    version = str(registry.log_training(result, settings).version)
+    if promote:
+        registry.promote(settings, version)
+    return version
+
+
+# --- pipeline runs ----------------------------------------------------------------------------------
+
+
+def pipeline_run_figures(batch: int = 3, scored_by: str | None = "2") -> dict[str, dict]:
+    """What the DAG's tasks return for one successful run (see readmission.pipeline), by task id: batch
+    `batch`, scored by version `scored_by`, a new version 3 promoted over it."""
+    return {
+        "check_source": {"instance_state": None, "data_api_url": "http://data-api:5001", "seconds": 0.05},
+        "fetch_batch": {"batch": batch, "total_batches": 7, "rows_fetched": 1_000, "seconds": 1.2},
+        "store_raw": {"batch": batch, "rows_received": 1_000, "rows_stored_raw": 1_000, "rows_rejected_raw": 0,
+                      "seconds": 2.0},
+        "validate_and_clean": {"batch": batch, "rows_valid": 990, "rows_rejected": 10, "seconds": 0.7},
+        "store_clean": {"batch": batch, "rows_received": 1_000, "rows_stored": 990, "rows_rejected": 10,
+                        "seconds": 1.5},
+        "export_batch": {"batch": batch, "rows_exported": 990, "clean": f"data/batches/{batch}/clean.parquet",
+                         "seconds": 0.3},
+        "score_batch": {"batch": batch, "model_version": scored_by, "rows_scored": 990, "live_roc_auc": 0.64,
+                        "live_accuracy": 0.61, "seconds": 2.5},
+        "train": {"batch": batch, "trained": True, "version": "3", "training_rows": 2_100, "training_seconds": 41.5,
+                  "seconds": 43.0},
+        "register": {"batch": batch, "version": "3", "new_version": True, "seconds": 0.2},
+        "promote": {"batch": batch, "version": "3", "decision": "promoted", "promoted": True,
+                    "challenger_roc_auc": 0.66, "champion_roc_auc": 0.65, "champion_version": scored_by,
+                    "seconds": 3.1},
+        "notify_serving": {"batch": batch, "notified": True, "seconds": 0.1},
+    }  # fmt: skip
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`, in a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+
+
+def saved_model(folder, serialization_format: str = "skops", seed: int = 0):
+    """A small production-shaped pipeline saved as an MLflow sklearn model folder (no registry); the folder."""
+    import mlflow
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from readmission.features import target
+    from readmission.registry import trusted_types
+    from readmission.train import build_pipeline
+
+    frame = synthetic_dataset(1_000, seed=seed)
+    pipeline = build_pipeline(GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=seed))
+    pipeline.fit(frame, target(frame["readmitted"]))
+    trusted = trusted_types(pipeline) if serialization_format == "skops" else None
+    mlflow.sklearn.save_model(pipeline, str(folder), serialization_format=serialization_format,
+                              skops_trusted_types=trusted, pip_requirements=["scikit-learn"])  # fmt: skip
+    return folder

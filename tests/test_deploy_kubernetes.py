@@ -1,0 +1,531 @@
+"""The Kubernetes manifests (kubernetes/): each overlay renders with plain `kubectl kustomize`, validates
+against the Kubernetes 1.30 schemas, passes checkov but for the explained checks, and every reference
+between the rendered objects holds (Services -> pods -> ports, ConfigMaps, Secrets, volumes, images).
+
+The renders run on a copy of the tree prepared the way a user does it (`kubernetes/prepare.sh local prod`),
+so the secrets are random and never touch the working tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from readmission.config import Settings
+from tests.servers import REPO_ROOT, MariaDB
+
+OVERLAYS = ("local", "prod")
+KUBERNETES_VERSION = "1.30.0"
+SHARED_FILES = ("prometheus.yml", "prometheus", "grafana")  # what prepare.sh copies below kubernetes/base
+COMPOSE_FILES = ("docker-compose.yaml", "docker-compose-locust.yaml")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+SECRET_SETTINGS = {name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)}
+VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A copy of kubernetes/ and the files it reads, after `prepare.sh local prod` (random secrets)."""
+    root = tmp_path_factory.mktemp("repository")
+    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    for name in SHARED_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name)
+        elif source.is_file():
+            shutil.copy(source, root / name)
+    prepared = subprocess.run(["sh", str(root / "kubernetes" / "prepare.sh"), *OVERLAYS], capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr
+    return root
+
+
+def render(overlay: Path) -> list[dict]:
+    """The objects `kubectl kustomize <overlay>` renders (no flags: plain kustomize must do)."""
+    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+@pytest.fixture(scope="module")
+def rendered(tree) -> dict[str, list[dict]]:
+    """Every overlay's objects."""
+    return {overlay: render(tree / "kubernetes" / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+@pytest.fixture(params=OVERLAYS)
+def objects(request, rendered) -> list[dict]:
+    """One overlay's objects (the tests below run once per overlay)."""
+    return rendered[request.param]
+
+
+@pytest.fixture
+def secret_values(tree) -> list[str]:
+    """The random values prepare.sh wrote into each overlay's secrets.env."""
+    values = []
+    for overlay in OVERLAYS:
+        lines = (tree / "kubernetes" / "overlays" / overlay / "secrets.env").read_text().splitlines()
+        values += [line.split("=", 1)[1] for line in lines if "=" in line and not line.startswith("#")]
+    return values
+
+
+# --- helpers over rendered objects ----------------------------------------------------------------
+
+
+def named(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def workloads(objects: list[dict], kinds: tuple[str, ...] = WORKLOAD_KINDS) -> list[dict]:
+    return [o for o in objects if o["kind"] in kinds]
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def all_containers(workload: dict) -> list[dict]:
+    spec = pod_spec(workload)
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def probes(container: dict) -> list[dict]:
+    return [container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container]
+
+
+def built_images() -> dict[str, str]:
+    """Image name (without tag) -> its Dockerfile (relative to the repository) for every image compose builds here."""
+    images = {}
+    for compose_file in COMPOSE_FILES:
+        services = yaml.safe_load((REPO_ROOT / compose_file).read_text())["services"]
+        for service in services.values():
+            if "build" in service:
+                build = service["build"]
+                images[service["image"].split(":")[0]] = str(Path(build["context"]) / build.get("dockerfile", "Dockerfile"))
+    return images
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """(name, tag) of an image reference; the tag is empty when there is none."""
+    name, _, tag = image.rpartition(":")
+    return (name, tag) if name and "/" not in tag else (image, "")
+
+
+# --- rendering and schemas ------------------------------------------------------------------------
+
+
+def test_each_overlay_renders_every_part_of_the_stack(objects):
+    present = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    expected = {
+        ("Namespace", "readmission"),
+        ("StatefulSet", "mysql"), ("StatefulSet", "minio"), ("Job", "minio-create-buckets"),
+        ("Deployment", "mlflow"), ("Job", "airflow-db-migrate"),
+        ("Deployment", "airflow-api-server"), ("Deployment", "airflow-scheduler"),
+        ("Deployment", "airflow-dag-processor"), ("Deployment", "airflow-triggerer"),
+        ("Deployment", "inference-api"), ("HorizontalPodAutoscaler", "inference-api"),
+        ("PodDisruptionBudget", "inference-api"), ("Deployment", "streamlit"),
+        ("Deployment", "prometheus"), ("Deployment", "pushgateway"), ("Deployment", "statsd-exporter"),
+        ("Deployment", "grafana"), ("NetworkPolicy", "same-namespace-only"),
+    }  # fmt: skip
+    assert expected <= present, f"missing: {sorted(expected - present)}"
+    namespaced = [o for o in objects if o["kind"] != "Namespace"]
+    assert {o["metadata"].get("namespace") for o in namespaced} == {"readmission"}
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "readmission" for o in objects)
+
+
+def test_the_mlflow_schema_is_upgraded_before_the_server_starts(objects):
+    init = pod_spec(named(objects, "Deployment")["mlflow"])["initContainers"]
+    assert [c["command"][:3] for c in init] == [["mlflow", "db", "upgrade"]]
+
+
+def test_every_object_validates_against_the_kubernetes_schemas_strictly(objects):
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schemas_of_the_version_we_target_are_installed():
+    # kubernetes-validate falls back to nothing: it must carry 1.30's schemas itself (no download).
+    schemas = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    assert (schemas / f"v{KUBERNETES_VERSION}-local-strict").is_dir()
+
+
+def test_a_manifest_with_an_unknown_field_is_refused():
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+                  "spec": {"selector": {}, "template": {"spec": {"containers": [], "replica": 2}}}}  # fmt: skip
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+# --- checkov --------------------------------------------------------------------------------------
+
+
+def checkov() -> str:
+    """The checkov executable: `make tools` installs it into .venv-tools (its pins clash with ours)."""
+    found = REPO_ROOT / ".venv-tools" / "bin" / "checkov"
+    if found.exists():
+        return str(found)
+    if shutil.which("checkov"):
+        return shutil.which("checkov")
+    pytest.fail("checkov is not installed: run `make tools`")
+
+
+def test_checkov_fails_no_check_beyond_the_explained_ones(rendered, tmp_path):
+    for overlay, objects in rendered.items():
+        (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    result = subprocess.run(
+        [checkov(), "--directory", str(tmp_path), "--framework", "kubernetes", "--output", "json", "--quiet",
+         "--compact", "--skip-download"],
+        capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: some check failed
+    report = json.loads(result.stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["resource_count"] > 40
+    failed = {(check["check_id"], check["resource"]) for check in report["results"]["failed_checks"]}
+    explained = yaml.safe_load((REPO_ROOT / "kubernetes" / "checkov-skips.yaml").read_text())
+    assert all(entry["reason"].strip() for entry in explained.values())
+    unexplained = sorted(pair for pair in failed if pair[0] not in explained)
+    assert not unexplained, f"failed checks with no reason in kubernetes/checkov-skips.yaml: {unexplained}"
+    stale = sorted(set(explained) - {check_id for check_id, _ in failed})
+    assert not stale, f"kubernetes/checkov-skips.yaml explains checks that no longer fail: {stale}"
+
+
+# --- references between the objects ---------------------------------------------------------------
+
+
+def test_every_service_selects_the_pods_of_a_workload_and_targets_their_ports(objects):
+    for service in named(objects, "Service").values():
+        selector = service["spec"]["selector"]
+        pods = [w for w in workloads(objects, ("Deployment", "StatefulSet"))
+                if selects(selector, w["spec"]["template"]["metadata"]["labels"])]  # fmt: skip
+        assert pods, f"Service {service['metadata']['name']} selects no workload's pods"
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            for workload in pods:
+                ports = [p for c in pod_spec(workload)["containers"] for p in c.get("ports", [])]
+                assert any(target in (p.get("name"), p["containerPort"]) for p in ports), (
+                    f"Service {service['metadata']['name']} targets {target!r}, "
+                    f"not a container port of {workload['metadata']['name']}"
+                )
+
+
+def test_every_probe_checks_a_port_its_container_declares(objects):
+    for workload in workloads(objects):
+        for container in all_containers(workload):
+            declared = {value for p in container.get("ports", []) for value in (p.get("name"), p["containerPort"])}
+            for probe in probes(container):
+                if "httpGet" in probe:
+                    assert probe["httpGet"]["port"] in declared, f"{workload['metadata']['name']}: {probe}"
+
+
+def test_every_referenced_configmap_secret_key_and_volume_exists(objects):
+    configmaps, secrets = named(objects, "ConfigMap"), named(objects, "Secret")
+    claims = named(objects, "PersistentVolumeClaim")
+    for workload in workloads(objects):
+        where = workload["metadata"]["name"]
+        spec = pod_spec(workload)
+        templates = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for volume in volumes.values():
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps, f"{where}: ConfigMap {volume['configMap']['name']}"
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, f"{where}: Secret {volume['secret']['secretName']}"
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, f"{where}: {volume}"
+        for container in all_containers(workload):
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes or mount["name"] in templates, f"{where}: no volume {mount['name']}"
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in configmaps, f"{where}: {source}"
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, f"{where}: {source}"
+            for variable in container.get("env", []):
+                reference = variable.get("valueFrom", {})
+                if "secretKeyRef" in reference:
+                    ref = reference["secretKeyRef"]
+                    assert ref["key"] in secrets.get(ref["name"], {}).get("data", {}), f"{where}: Secret key {ref}"
+                if "configMapKeyRef" in reference:
+                    ref = reference["configMapKeyRef"]
+                    assert ref["key"] in configmaps.get(ref["name"], {}).get("data", {}), f"{where}: key {ref}"
+
+
+def test_every_variable_reference_is_defined_before_it_is_used(objects):
+    """Kubernetes leaves an undefined `$(NAME)` as it is: a URL would carry the literal text."""
+    configmaps = named(objects, "ConfigMap")
+    for workload in workloads(objects):
+        for container in all_containers(workload):
+            defined = {key for source in container.get("envFrom", []) if "configMapRef" in source
+                       for key in configmaps[source["configMapRef"]["name"]]["data"]}  # fmt: skip
+            for variable in container.get("env", []):
+                for name in VARIABLE_REFERENCE.findall(variable.get("value", "")):
+                    assert name in defined, f"{workload['metadata']['name']}: {variable['name']} uses $({name}) first"
+                defined.add(variable["name"])
+            for argument in container.get("command", []) + container.get("args", []):
+                for name in VARIABLE_REFERENCE.findall(argument):
+                    assert name in defined, f"{workload['metadata']['name']}: $({name}) in its command is undefined"
+
+
+def test_every_long_running_workload_has_probes_resources_and_a_restricted_security_context(objects):
+    for workload in workloads(objects):
+        where, spec = workload["metadata"]["name"], pod_spec(workload)
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert spec["automountServiceAccountToken"] is False, where
+        for container in all_containers(workload):
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"].get(bound, {})), f"{where}: {bound}"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"]["drop"] == ["ALL"], where
+        if workload["kind"] != "Job":
+            for container in spec["containers"]:
+                assert "readinessProbe" in container and "livenessProbe" in container, where
+
+
+def test_the_autoscaler_scales_an_existing_deployment_that_requests_cpu(objects):
+    deployments = named(objects, "Deployment")
+    for hpa in named(objects, "HorizontalPodAutoscaler").values():
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in deployments
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+        pods = pod_spec(deployments[target["name"]])["containers"]
+        assert all("cpu" in c["resources"]["requests"] for c in pods)  # utilisation is relative to the request
+        assert hpa["spec"]["minReplicas"] <= deployments[target["name"]]["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+
+
+def test_the_disruption_budget_lets_a_node_drain_and_keeps_the_service_up(objects):
+    deployments = named(objects, "Deployment")
+    for budget in named(objects, "PodDisruptionBudget").values():
+        covered = [d for d in deployments.values()
+                   if selects(budget["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        assert len(covered) == 1
+        assert 1 <= budget["spec"]["minAvailable"] < covered[0]["spec"]["replicas"]
+
+
+def test_every_image_is_built_from_a_dockerfile_here_or_pinned_to_a_version(objects):
+    built = built_images()
+    for workload in workloads(objects):
+        for container in all_containers(workload):
+            name, tag = split_image(container["image"])
+            assert tag and tag != "latest", f"{container['image']} has no fixed tag"
+            if name in built:
+                assert (REPO_ROOT / built[name]).is_file(), f"{name}: {built[name]} does not exist"
+            else:
+                assert re.search(r"\d", tag), f"{container['image']} is neither built here nor pinned to a version"
+
+
+def test_the_overlays_tag_exactly_the_images_built_here(tree):
+    built = built_images()
+    for overlay in OVERLAYS:
+        kustomization = yaml.safe_load((tree / "kubernetes" / "overlays" / overlay / "kustomization.yaml").read_text())
+        tagged = {image["name"] for image in kustomization["images"]}
+        assert tagged == set(built) - {"readmission-locust"}, overlay
+
+
+# --- secrets ----------------------------------------------------------------------------------------
+
+
+def test_no_secret_value_appears_outside_the_secret(objects, secret_values):
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(obj)
+        for value in secret_values:
+            assert value not in text and base64.b64encode(value.encode()).decode() not in text, obj["metadata"]
+
+
+def test_secret_settings_reach_containers_only_through_the_secret(objects):
+    for workload in workloads(objects):
+        for container in all_containers(workload):
+            assert not any("secretRef" in source for source in container.get("envFrom", [])), "whole Secret exposed"
+            for variable in container.get("env", []):
+                if variable["name"] in SECRET_SETTINGS:
+                    assert "secretKeyRef" in variable.get("valueFrom", {}), f"{variable['name']} given as a literal"
+
+
+def test_the_secret_examples_list_settings_and_exactly_the_keys_the_manifests_use(objects):
+    used = {variable["valueFrom"]["secretKeyRef"]["key"] for workload in workloads(objects)
+            for container in all_containers(workload) for variable in container.get("env", [])
+            if "secretKeyRef" in variable.get("valueFrom", {})}  # fmt: skip
+    for overlay in OVERLAYS:
+        example = (REPO_ROOT / "kubernetes" / "overlays" / overlay / "secrets.env.example").read_text()
+        keys = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+        assert keys == used, overlay
+        assert keys <= {name.upper() for name in Settings.model_fields}, "every key is a setting (.env.example)"
+
+
+def test_prepare_writes_random_url_safe_secrets_and_keeps_existing_ones(tree, secret_values):
+    assert len(set(secret_values)) == len(secret_values) and all(len(v) >= 32 for v in secret_values)
+    assert all(re.fullmatch(r"[A-Za-z0-9._~=-]+", value) for value in secret_values)
+    local = tree / "kubernetes" / "overlays" / "local" / "secrets.env"
+    before = local.read_text()
+    subprocess.run(["sh", str(tree / "kubernetes" / "prepare.sh"), "local"], check=True, capture_output=True)
+    assert local.read_text() == before
+
+
+def test_prepare_names_the_missing_file_when_the_observability_files_are_absent(tmp_path):
+    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    result = subprocess.run(["sh", str(tmp_path / "kubernetes" / "prepare.sh")], capture_output=True, text=True)
+    assert result.returncode != 0 and "prometheus.yml is missing" in result.stderr
+    assert not (tmp_path / "kubernetes" / "base" / "shared").exists()
+
+
+# --- the inference service --------------------------------------------------------------------------
+
+
+def test_the_inference_service_is_probed_hardened_and_rolled_without_downtime(objects):
+    deployment = named(objects, "Deployment")["inference-api"]
+    spec = pod_spec(deployment)
+    (container,) = spec["containers"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["securityContext"]["runAsUser"] > 0 and container["securityContext"]["readOnlyRootFilesystem"]
+    empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert mounts["/tmp"] in empty_dirs
+    metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]
+    # The launcher deletes and recreates the folder: it must lie inside the mount, not be the mount point.
+    mount = next(path for path in mounts if metrics_dir.startswith(path + "/"))
+    assert mounts[mount] in empty_dirs and metrics_dir != mount
+
+
+# --- the files kubernetes/ shares with docker-compose.yaml and the observability engineer ------------
+
+
+def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(tmp_path):
+    """kubernetes/base/scripts/init-databases.sh against a real server, as the mysql image runs it."""
+    import pymysql
+
+    server = MariaDB(tmp_path / "mariadb").start()
+    try:
+        client = MariaDB.binary("mariadb", "mysql")
+        subprocess.run([client, "--no-defaults", f"--socket={server.socket}", "-uroot", "-e",
+                        "ALTER USER root@localhost IDENTIFIED BY 'root-pw'"], check=True)  # fmt: skip
+        # The image's `mysql` finds the server's socket in its own configuration; here a wrapper says where.
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "mysql").write_text(f'#!/bin/sh\nexec {client} --no-defaults --socket={server.socket} "$@"\n')
+        (bin_dir / "mysql").chmod(0o755)
+        passwords = {"MYSQL_ROOT_PASSWORD": "root-pw", "MYSQL_PIPELINE_PASSWORD": "pipe-pw",
+                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw", "MYSQL_AIRFLOW_PASSWORD": "airflow-pw"}  # fmt: skip
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **passwords}
+        script = str(REPO_ROOT / "kubernetes" / "base" / "scripts" / "init-databases.sh")
+        for _ in range(2):  # a second run changes nothing and does not fail
+            subprocess.run([script], env=env, check=True, capture_output=True)
+
+        def connect(user: str, password: str, database: str):
+            return pymysql.connect(host="127.0.0.1", port=server.port, user=user, password=password, database=database)
+
+        with connect("pipeline", "pipe-pw", "clean_data_db") as db, db.cursor() as cursor:
+            cursor.execute("CREATE TABLE diabetes_clean (encounter_id BIGINT PRIMARY KEY, split VARCHAR(10))")
+            cursor.execute("INSERT INTO diabetes_clean VALUES (1, 'train')")
+            for _ in range(2):
+                cursor.execute("CREATE OR REPLACE VIEW train_data AS SELECT * FROM diabetes_clean WHERE split = 'train'")
+            cursor.execute("SELECT COUNT(*) FROM train_data")
+            assert cursor.fetchone() == (1,)
+        with connect("pipeline", "pipe-pw", "raw_data_db") as db, db.cursor() as cursor:
+            cursor.execute("CREATE TABLE diabetes_raw (encounter_id BIGINT)")
+        for user, password, refused in [("pipeline", "pipe-pw", "mlflow_db"), ("pipeline", "pipe-pw", "airflow_db"),
+                                        ("mlflow", "mlflow-pw", "raw_data_db"), ("airflow", "airflow-pw", "clean_data_db")]:
+            with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
+                connect(user, password, refused)
+        with connect("mlflow", "mlflow-pw", "mlflow_db") as db, db.cursor() as cursor:
+            cursor.execute("CREATE TABLE experiments (id INT)")
+            cursor.execute("DROP TABLE experiments")
+        with connect("pipeline", "pipe-pw", "clean_data_db") as db, db.cursor() as cursor:
+            with pytest.raises(pymysql.err.OperationalError, match="denied"):
+                cursor.execute("GRANT SELECT ON clean_data_db.* TO 'mlflow'@'%'")
+
+        refused = subprocess.run([script], env={**env, "MYSQL_MLFLOW_PASSWORD": "it's@secret"}, capture_output=True,
+                                 text=True)  # fmt: skip
+        assert refused.returncode != 0 and "MYSQL_MLFLOW_PASSWORD" in refused.stderr
+    finally:
+        server.stop()
+
+
+def prometheus_config() -> dict:
+    return yaml.safe_load((REPO_ROOT / "prometheus.yml").read_text())
+
+
+def scrape_targets(config: dict) -> list[str]:
+    """Every `host:port` Prometheus scrapes: static targets and DNS service-discovery names."""
+    targets = []
+    for job in config.get("scrape_configs", []):
+        for static in job.get("static_configs", []):
+            targets += static.get("targets", [])
+        for dns in job.get("dns_sd_configs", []):
+            targets += [f"{name}:{dns['port']}" for name in dns.get("names", [])]
+    return targets
+
+
+def test_prometheus_finds_its_rule_files_where_the_deployment_mounts_them(objects):
+    deployment = named(objects, "Deployment")["prometheus"]
+    (container,) = pod_spec(deployment)["containers"]
+    config_file = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--config.file="))
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    configmaps = named(objects, "ConfigMap")
+    mounted = {}  # path in the container -> ConfigMap keys there
+    for mount in container["volumeMounts"]:
+        if "configMap" in volumes[mount["name"]]:
+            mounted[mount["mountPath"]] = configmaps[volumes[mount["name"]]["configMap"]["name"]]["data"]
+    config_dir, config_name = posixpath.split(config_file)
+    assert config_name in mounted[config_dir]
+    rule_files = prometheus_config().get("rule_files", [])
+    assert rule_files, "prometheus.yml loads no alert rules"
+    for pattern in rule_files:
+        assert not posixpath.isabs(pattern), f"{pattern}: relative paths hold in the repository and in the pods"
+        assert list((REPO_ROOT / posixpath.dirname(pattern)).glob(posixpath.basename(pattern))), pattern
+        directory, name = posixpath.split(posixpath.join(config_dir, pattern))
+        assert fnmatch.filter(mounted.get(directory, {}), name), f"{pattern} is not mounted at {directory}"
+
+
+def test_prometheus_scrapes_services_that_exist_on_their_ports(objects):
+    services = {name: {p["port"] for p in s["spec"]["ports"]} for name, s in named(objects, "Service").items()}
+    targets = scrape_targets(prometheus_config())
+    assert targets
+    for target in targets:
+        host, _, port = target.rpartition(":")
+        if host in ("localhost", "127.0.0.1"):
+            continue
+        assert int(port) in services.get(host, set()), f"prometheus.yml scrapes {target}: no such Service port"
+
+
+def test_grafana_reads_prometheus_and_the_dashboards_where_the_deployment_puts_them(objects):
+    services = {name: {p["port"] for p in s["spec"]["ports"]} for name, s in named(objects, "Service").items()}
+    datasources = yaml.safe_load((REPO_ROOT / "grafana" / "provisioning" / "datasources" / "datasource.yml").read_text())
+    for source in datasources["datasources"]:
+        host, port = re.match(r"https?://([^:/]+):(\d+)", source["url"]).groups()
+        assert int(port) in services[host], source["url"]
+    providers = yaml.safe_load((REPO_ROOT / "grafana" / "provisioning" / "dashboards" / "provider.yml").read_text())
+    (container,) = pod_spec(named(objects, "Deployment")["grafana"])["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert {p["options"]["path"] for p in providers["providers"]} == {mounts["dashboards"]}
+    dashboards = named(objects, "ConfigMap")
+    dashboard_map = next(c for name, c in dashboards.items() if name.startswith("grafana-dashboards"))
+    assert set(dashboard_map["data"]) == {p.name for p in (REPO_ROOT / "grafana" / "dashboards").glob("*.json")}
