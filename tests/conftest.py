@@ -239,3 +239,15 @@ def mlflow_server(mariadb, s3_server, tmp_path_factory) -> TrackingServer:
     server, url = start_mlflow_image(backend, f"s3://{bucket}/artifacts", s3_server.url, tmp_path_factory.mktemp("mlflow"))
     yield TrackingServer(url, s3_server, bucket, backend)
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_tracking_uri():
+    """`mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI to the environment: undo it after each test,
+    so a later `Settings()` never reads another test's MLflow store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

@@ -312,7 +312,7 @@ def start_inference_api(settings: dict[str, str], log_dir: Path, workers: int = 
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess(run_locally(image_command(INFERENCE_API_DOCKERFILE), INFERENCE_API_DOCKERFILE, port),
                            f"{url}/ready" if wait_for_model else f"{url}/health", log_dir / f"inference-api-{port}.log",
-                           env=env, cwd=REPO_ROOT, timeout=180)  # fmt: skip
+                           env=env, cwd=REPO_ROOT, timeout=300)  # fmt: skip
     return server.start(), url
 
 

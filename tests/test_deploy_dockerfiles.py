@@ -41,10 +41,8 @@ NO_ENDPOINT = {
 }
 # Problems reported to the lead for the Dockerfile's owner: each test fails until fixed (strict xfail),
 # then fails as XPASS until its entry here is removed.
-KNOWN_PROBLEMS = {
-    ("Dockerfile", "user"): "USER airflow is a name: `USER 50000` (the official image's airflow uid) lets "
-    "runAsNonRoot verify it",
-}
+# (Dockerfile, check) -> why it is known to fail; each entry is a strict xfail, so a fix shows up.
+KNOWN_PROBLEMS: dict[tuple[str, str], str] = {}
 DOCKERFILES = sorted(
     path.relative_to(REPO_ROOT).as_posix()
     for path in [*REPO_ROOT.glob("Dockerfile*"), *REPO_ROOT.glob("*/Dockerfile")]

@@ -45,7 +45,7 @@ def deployment(tmp_path_factory) -> Deployment:
     mlflow.start()
     registry = Settings(_env_file=None, data_dir=root / "client", mlflow_tracking_uri=mlflow.url)
     register_model(registry, seed=0)
-    wait_until(lambda: workers_serving(url, "1") == WORKERS, timeout=120, what="both workers to load version 1")
+    wait_until(lambda: workers_serving(url, "1") == WORKERS, timeout=300, what="both workers to load version 1")
     yield Deployment(url, root / "metrics", mlflow, registry, before)
     api.stop()
     mlflow.stop()
