@@ -241,13 +241,16 @@ def mlflow_server(mariadb, s3_server, tmp_path_factory) -> TrackingServer:
     server.stop()
 
 
+_PRISTINE_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlflow_tracking_uri():
-    """`mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI to the environment: undo it after each test,
-    so a later `Settings()` never reads another test's MLflow store."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """`mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI to the environment, even from module or
+    session fixtures: put back the value the session started with after each test, so a later
+    `Settings()` never reads another test's MLflow store."""
     yield
-    if before is None:
+    if _PRISTINE_TRACKING_URI is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+        os.environ["MLFLOW_TRACKING_URI"] = _PRISTINE_TRACKING_URI

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
@@ -34,9 +33,13 @@ def multiproc_dir(settings: Settings) -> Path:
 
 
 def wipe(folder: Path) -> None:
-    """An empty `folder`: samples of a previous run must not be added to this one's."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    """`folder` without Prometheus sample files: a previous run's must not be added to this one's.
+
+    Only the sample files (`*.db`) go, in case the folder is shared with anything else.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for samples in folder.glob("*.db"):
+        samples.unlink()
 
 
 def _mark_worker_dead(server, worker) -> None:
