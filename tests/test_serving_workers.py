@@ -114,7 +114,15 @@ def test_metrics_add_up_the_requests_of_both_workers(deployment):
         for thread in threads:
             thread.join()
     assert not failures
-    per_worker = predictions_counted_by_each_worker(metrics_dir)
+    # A worker counts a request once its response is on its way, so let the last counts land first.
+    reads = [predictions_counted_by_each_worker(metrics_dir)]
+
+    def settled() -> bool:
+        reads.append(predictions_counted_by_each_worker(metrics_dir))
+        return reads[-1] == reads[-2]
+
+    wait_until(settled, timeout=10, interval=0.5, what="the workers' counts to settle")
+    per_worker = reads[-1]
     # Whichever worker answers the scrape, it reports the sum over both.
     for _ in range(6):
         with requests.Session() as fresh_connection:
