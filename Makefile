@@ -52,8 +52,8 @@ airflow: install ## Start `airflow standalone` with the diabetes_pipeline DAG (U
 loadtest: install ## Headless Locust run against the local stack; reports under reports/
 	$(BIN)/readmission loadtest
 
-benchmark: install ## Run the benchmark scripts whose figures the README reports
-	$(BIN)/python benchmarks/run_all.py
+benchmark: install ## Run the benchmark scripts whose figures the README reports (on an idle machine)
+	@status=0; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || status=1; done; exit $$status
 
 kubernetes: ## Prepare kubernetes/ for `kubectl apply -k kubernetes/overlays/local` (shared config, random secrets)
 	kubernetes/prepare.sh local

@@ -64,8 +64,8 @@ def main() -> int:
         data_api, url = start_data_api(dataset, root / "logs", batch_size=BATCH_SIZE)
         try:
             settings = Settings(_env_file=None, data_dir=root / "data", dataset_path=dataset, data_api_url=url,
-                                batch_size=BATCH_SIZE, raw_db_url=mariadb.url("raw_data_db"),
-                                clean_db_url=mariadb.url("clean_data_db"), serving_url="http://127.0.0.1:9")  # fmt: skip
+                                batch_size=BATCH_SIZE, raw_db_url=mariadb.url("raw_data_db", "mysqldb"),
+                                clean_db_url=mariadb.url("clean_data_db", "mysqldb"), serving_url="http://127.0.0.1:9")  # fmt: skip
             total = int(requests.get(f"{url}/health", timeout=10).json()["total_batches"])
             others = [n for n in range(1, total + 1) if n != MEASURED_BATCH]
             started = time.perf_counter()

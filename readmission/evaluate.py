@@ -8,6 +8,7 @@ predicting it) and then applied unchanged to the test split. Figures are matplot
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -16,6 +17,7 @@ matplotlib.use("Agg")  # off-screen: training runs in workers and CI without a d
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.base import ClassifierMixin
@@ -35,6 +37,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 THRESHOLD_RULE = "maximum F1 on the validation split"
 IMPORTANCE_SAMPLE_ROWS = 2_000
@@ -105,8 +108,8 @@ def feature_importances(model: Pipeline, frame: pd.DataFrame, y_true: np.ndarray
 
     Permuting the transformer's output rather than the raw columns gives one figure per
     feature the classifier sees, whichever classifier it is. The permuted copies are stacked
-    and scored in a few large `predict_proba` calls: per-call overhead, not trees, is what
-    makes sklearn's one-call-per-permutation version slow.
+    and scored in a few large `predict_proba` calls, spread over the machine's cores: per-call
+    overhead, not trees, is what makes sklearn's one-call-per-permutation version slow.
     """
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(frame))[:IMPORTANCE_SAMPLE_ROWS]
@@ -116,16 +119,24 @@ def feature_importances(model: Pipeline, frame: pd.DataFrame, y_true: np.ndarray
     features = model[:-1].transform(frame.iloc[rows])
     classifier, values, n = model[-1], features.to_numpy(dtype=float), len(rows)
     base = _rank_auc(labels, positive_probability(classifier, features))
+    shuffles = {column: [rng.permutation(n) for _ in range(IMPORTANCE_REPEATS)] for column in range(values.shape[1])}
+
+    def permuted_scores(columns: range) -> np.ndarray:
+        with threadpool_limits(limits=1, user_api="openmp"):  # one core per chunk (see readmission.train)
+            copies = []
+            for column in columns:
+                for shuffle in shuffles[column]:
+                    copy = values.copy()
+                    copy[:, column] = copy[shuffle, column]
+                    copies.append(copy)
+            return positive_probability(classifier, pd.DataFrame(np.concatenate(copies), columns=features.columns))
+
+    chunks = [range(first, min(first + IMPORTANCE_CHUNK, values.shape[1]))
+              for first in range(0, values.shape[1], IMPORTANCE_CHUNK)]  # fmt: skip
     drops = np.zeros(values.shape[1])
-    for first in range(0, values.shape[1], IMPORTANCE_CHUNK):
-        columns = range(first, min(first + IMPORTANCE_CHUNK, values.shape[1]))
-        copies = []
-        for column in columns:
-            for _ in range(IMPORTANCE_REPEATS):
-                copy = values.copy()
-                copy[:, column] = rng.permutation(copy[:, column])
-                copies.append(copy)
-        scores = positive_probability(classifier, pd.DataFrame(np.concatenate(copies), columns=features.columns))
+    scored = Parallel(n_jobs=min(len(chunks), os.cpu_count() or 1), prefer="threads")(
+        delayed(permuted_scores)(columns) for columns in chunks)  # fmt: skip
+    for columns, scores in zip(chunks, scored, strict=True):
         for i, column in enumerate(columns):
             repeats = scores[i * IMPORTANCE_REPEATS * n:(i + 1) * IMPORTANCE_REPEATS * n].reshape(IMPORTANCE_REPEATS, n)
             drops[column] = base - np.mean([_rank_auc(labels, repeat) for repeat in repeats])

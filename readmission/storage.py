@@ -31,7 +31,8 @@ inserts the raw and the clean rows at the same time.
 Inserts go `chunk_rows` rows per statement (and at most `MAX_STATEMENT_CHARS`), below MySQL's
 `max_allowed_packet`. On MySQL the values are rendered by Arrow, not by pymysql's per-value
 escaping, which costs seconds per 15,000-row batch (see `_insert_mysql`). SQLite and MySQL
-(MariaDB) are the supported databases.
+(MariaDB) are the supported databases, MySQL through PyMySQL (`mysql+pymysql://`) or mysqlclient
+(`mysql+mysqldb://`, what the DAG uses: it parses results in C and reads rows four times faster).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from readmission.validation import encounter_ids, key_problems, validate_columns
 RAW_STORED, STORED = "raw_stored", "stored"  # batch_log statuses
 RAW_STAGE, CLEAN_STAGE = "raw", "clean"  # which write quarantined a row
 SPLIT_VIEWS = {split: f"{split}_data" for split in SPLITS}
+IN_LIST_IDS = 5_000  # encounter ids per `IN (...)` list
 MAX_STATEMENT_CHARS = 1_000_000  # per INSERT; MySQL's max_allowed_packet is at least 4 MiB by default (64 MiB in 8.0)
 DEFAULT_CHUNK_ROWS: int = Settings.model_fields["insert_chunk_rows"].default
 
@@ -113,6 +115,9 @@ diabetes_clean = sa.Table(
     sa.Column("patient_nbr", sa.BigInteger, nullable=False),
     sa.Column("split", sa.String(10), nullable=False),
     sa.Column("batch_number", sa.Integer, nullable=False, index=True),
+    # Covers the split's keys (InnoDB's secondary indexes hold the primary key): reading which
+    # encounters a split holds does not scan ~150 feature columns per row.
+    sa.Index("ix_diabetes_clean_split", "split", "batch_number"),
     **_TABLE_OPTIONS,
 )  # fmt: skip
 predictions_table = sa.Table(
@@ -212,6 +217,7 @@ class Storage:
         for engine, metadata in ((self.raw, raw_metadata), (self.clean, clean_metadata)):
             metadata.create_all(engine)
             _check_columns(engine, metadata)
+            _add_missing_indexes(engine, metadata)
         create_view = "CREATE VIEW IF NOT EXISTS" if self.clean.dialect.name == "sqlite" else "CREATE OR REPLACE VIEW"
         with self.clean.begin() as conn:
             for split, view in SPLIT_VIEWS.items():
@@ -262,6 +268,20 @@ class Storage:
                 self._insert_clean(clean_conn, batch_number, clean_frame)
                 raw = raw_written.result()
         return BatchWrite(raw, self._finish(batch_number, raw.received, clean_frame, quarantined))
+
+    def write_predictions(self, batch_number: int, model_name: str, model_version: str,
+                          predictions: pd.DataFrame) -> int:  # fmt: skip
+        """Store one model version's predictions for a batch (encounter_id, probability, prediction, label),
+        replacing what that version stored for the batch before, in one transaction; the rows written."""
+        table = predictions_table
+        constants = {"batch_number": batch_number, "model_name": model_name, "model_version": model_version,
+                     "scored_at": _now()}  # fmt: skip
+        columns = ["encounter_id", "probability", "prediction", "label"]
+        with self.clean.begin() as conn:
+            conn.execute(sa.delete(table).where(table.c.batch_number == batch_number,
+                                                table.c.model_version == model_version))  # fmt: skip
+            _insert(conn, table, predictions[columns], constants, self.chunk_rows)
+        return len(predictions)
 
     def _plan_raw(self, conn: Connection, batch_number: int, rows: pd.DataFrame) -> _RawPlan:
         """Delete what the batch stored before and decide which rows to store (in the raw transaction)."""
@@ -358,12 +378,22 @@ class Storage:
         columns = [*schema.COLUMNS, "split", "batch_number"]
         if keys.empty:
             return pd.DataFrame(columns=columns, dtype=object)
-        batches = sorted(int(b) for b in keys["batch_number"].unique())
-        rows = _read(self.raw, sa.select(*RAW_SOURCE_COLUMNS, raw.batch_number, raw.row_in_batch)
-                     .where(raw.batch_number.in_(batches)))  # fmt: skip
-        joined = rows.merge(keys[["encounter_id", "split"]], on="encounter_id", validate="one_to_one")
-        joined = joined.sort_values(["batch_number", "row_in_batch"], ignore_index=True)
-        return _source_text(joined)[columns]
+        query = sa.select(*RAW_SOURCE_COLUMNS, raw.batch_number, raw.row_in_batch)
+        if set(splits) == set(SPLITS):  # every row of those batches
+            batches = sorted(int(b) for b in keys["batch_number"].unique())
+            rows = _read(self.raw, query.where(raw.batch_number.in_(batches)))
+        else:  # a part of each batch: only its rows
+            rows = pd.concat([_read(self.raw, query.where(_inlined_in(raw.encounter_id, ids)))
+                              for ids in _chunks(keys["encounter_id"].astype("int64").tolist(), IN_LIST_IDS)],
+                             ignore_index=True)  # fmt: skip
+        # Sorted here: an ORDER BY makes the server sort whole rows, which costs more.
+        rows = rows.sort_values(["batch_number", "row_in_batch"], ignore_index=True)
+        # encounter_id is the key of both tables: a lookup, not a merge, keeps the rows in place.
+        split = rows["encounter_id"].map(keys.set_index("encounter_id")["split"])
+        rows = rows.assign(split=split.astype(object))
+        if split.isna().any():  # raw rows the clean stage quarantined
+            rows = rows[split.notna().to_numpy()].reset_index(drop=True)
+        return _source_text(rows)[columns]
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -401,12 +431,21 @@ def _raw_problems(conn: Connection, rows: pd.DataFrame) -> pd.Series:
 def _owners(conn: Connection, ids: pd.Series) -> dict[int, int]:
     """{encounter_id: batch_number} of the given ids that diabetes_raw holds."""
     owners: dict[int, int] = {}
-    values = ids.astype("int64").astype(str).tolist()
-    for start in range(0, len(values), 5_000):
-        in_list = ",".join(values[start : start + 5_000])  # integers: inlined, 5,000 bound parameters cost more
-        query = sa.text(f"SELECT encounter_id, batch_number FROM diabetes_raw WHERE encounter_id IN ({in_list})")
+    raw = diabetes_raw.c
+    for chunk in _chunks(ids.astype("int64").tolist(), IN_LIST_IDS):
+        query = sa.select(raw.encounter_id, raw.batch_number).where(_inlined_in(raw.encounter_id, chunk))
         owners.update(conn.execute(query).tuples().all())
     return owners
+
+
+def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _inlined_in(column: sa.Column, ids: list[int]) -> sa.ColumnElement[bool]:
+    """`column IN (ids)` with the integers written into the SQL: thousands of bound parameters cost more."""
+    return column.in_(sa.text(",".join(str(int(i)) for i in ids)))
 
 
 def _engine(url: str) -> Engine:
@@ -435,6 +474,16 @@ def _check_columns(engine: Engine, metadata: sa.MetaData) -> None:
             )
 
 
+def _add_missing_indexes(engine: Engine, metadata: sa.MetaData) -> None:
+    """Create the indexes this code defines that existing tables lack (added since they were created)."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        existing = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in existing:
+                index.create(engine)
+
+
 def batch_checksum(rows: pd.DataFrame) -> str:
     """SHA-256 of a batch's content: the header and every row of the source columns, missing cells as \\N."""
     cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in schema.COLUMNS]
@@ -457,17 +506,25 @@ def _quarantine_rows(rows: pd.DataFrame, reasons: pd.Series, stage: str) -> pd.D
 
 
 def _read(engine: Engine, query: sa.Select) -> pd.DataFrame:
-    """The result of `query` as a DataFrame with its columns, even when empty."""
+    """The result of `query` as a DataFrame with its columns, even when empty: text as Python strings
+    (None when missing), numbers and times as pandas infers them."""
     with engine.connect() as conn:
         result = conn.execute(query)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+        # MySQL drivers return Python values SQLAlchemy leaves alone; their tuples skip the
+        # construction of a Row per row, which costs more than the driver's own parsing.
+        rows = result.cursor.fetchall() if conn.dialect.name in ("mysql", "mariadb") else result.fetchall()
+        frame = pd.DataFrame(list(rows), columns=list(result.keys()), dtype=object)
+    # Text stays as the driver's strings: pandas' own string columns would cost a conversion
+    # each way, and every reader of text here wants Python strings.
+    other = [column.name for column in query.selected_columns if not isinstance(column.type, sa.String)]
+    frame[other] = frame[other].infer_objects()
+    return frame
 
 
 def _source_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """The source columns as the data API client gives them: text or None, encounter_id (a BIGINT) back as text."""
-    text = frame[list(schema.COLUMNS)].astype(object)
-    text["encounter_id"] = pd.Series([str(i) for i in frame["encounter_id"]], index=frame.index, dtype=object)
-    return frame.assign(**text.where(text.notna(), None))
+    """Rows `_read` from diabetes_raw with the source columns as the data API client gives them: text or
+    None (as read), and encounter_id (a BIGINT) back as text."""
+    return frame.assign(encounter_id=pd.Series([str(i) for i in frame["encounter_id"]], index=frame.index, dtype=object))
 
 
 def _insert(conn: Connection, table: sa.Table, frame: pd.DataFrame, constants: dict[str, Any], chunk_rows: int) -> None:

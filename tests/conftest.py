@@ -154,13 +154,16 @@ def airflow_db(airflow_home) -> Path:
     return airflow_home
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=["sqlite", "mariadb-pymysql", "mariadb-mysqlclient"])
 def storage_urls(request, tmp_path) -> tuple[str, str]:
-    """(raw URL, clean URL) of fresh, empty databases: SQLite files, then the session's MariaDB."""
+    """(raw URL, clean URL) of fresh, empty databases: SQLite files, then the session's MariaDB through
+    each of the two MySQL drivers the package supports."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'raw_data_db.sqlite'}", f"sqlite:///{tmp_path / 'clean_data_db.sqlite'}"
-    urls = request.getfixturevalue("mariadb_urls")
-    return urls["raw_data_db"], urls["clean_data_db"]
+    mariadb = request.getfixturevalue("mariadb")
+    mariadb.reset()
+    driver = {"mariadb-pymysql": "pymysql", "mariadb-mysqlclient": "mysqldb"}[request.param]
+    return mariadb.url("raw_data_db", driver), mariadb.url("clean_data_db", driver)
 
 
 @pytest.fixture

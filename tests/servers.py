@@ -145,9 +145,9 @@ class MariaDB:
         subprocess.run([self.binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", "-uroot",
                         "-e", statements], check=True, capture_output=True)  # fmt: skip
 
-    def url(self, database: str) -> str:
-        """SQLAlchemy URL of `database` for the test user."""
-        return f"mysql+pymysql://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, driver: str = "pymysql") -> str:
+        """SQLAlchemy URL of `database` for the test user, through `driver` (pymysql or mysqldb: mysqlclient)."""
+        return f"mysql+{driver}://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def reset(self, *databases: str) -> None:
         """Drop and recreate databases, so a test starts from nothing."""

@@ -58,6 +58,8 @@ def test_every_alert_says_what_happened_and_points_at_its_runbook_section(rule):
 def test_prometheus_scrapes_the_services_the_dashboards_and_alerts_read():
     config = yaml.safe_load((REPO_ROOT / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert {"prometheus", "inference-api", "pushgateway", "airflow-statsd"} <= set(jobs)
+    assert {"prometheus", "inference-api", "pushgateway", "airflow-statsd", "node"} <= set(jobs)
     assert jobs["pushgateway"]["honor_labels"] is True  # the pushed job="diabetes_pipeline" is kept
     assert jobs["inference-api"]["dns_sd_configs"][0]["names"] == ["inference-api-pods"]  # every replica
+    assert jobs["node"]["dns_sd_configs"] == [  # every node-exporter pod (a DaemonSet: one per node)
+        {"names": ["node-exporter"], "type": "A", "port": 9100, "refresh_interval": "15s"}]

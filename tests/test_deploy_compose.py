@@ -95,7 +95,7 @@ def host_path(service: dict, container_path: str) -> Path | None:
 def test_the_file_parses_and_runs_the_whole_stack(services):
     expected = {"mysql", "minio", "minio-init", "mlflow", "airflow-api-server", "airflow-scheduler",
                 "airflow-dag-processor", "airflow-triggerer", "airflow-db-migrate", "data-api", "inference-api",
-                "streamlit", "prometheus", "pushgateway", "statsd-exporter", "grafana"}  # fmt: skip
+                "streamlit", "prometheus", "pushgateway", "statsd-exporter", "node-exporter", "grafana"}  # fmt: skip
     assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
 
 
@@ -196,6 +196,21 @@ def test_prometheus_finds_its_rules_and_scrapes_services_of_the_stack(services):
         hosts += [name for dns in job.get("dns_sd_configs", []) for name in dns["names"]]
         for host in hosts:
             assert host in names | {"localhost", "127.0.0.1"}, f"prometheus.yml scrapes {host}: no such service"
+
+
+def test_node_exporter_reads_the_host_read_only_and_is_not_published(services):
+    node = services["node-exporter"]
+    mounts = {}  # container path -> (host path, options)
+    for volume in node["volumes"]:
+        source, target, options = volume.split(":")
+        mounts[target] = (source, options.split(","))
+    assert all("ro" in options for _, options in mounts.values()), "node-exporter mounts the host read-write"
+    flags = dict(argument.split("=", 1) for argument in node["command"] if "=" in argument)
+    paths = {flag: mounts[flags[flag]][0] for flag in ("--path.procfs", "--path.sysfs", "--path.rootfs")}
+    assert paths == {"--path.procfs": "/proc", "--path.sysfs": "/sys", "--path.rootfs": "/"}
+    assert node["read_only"] is True and node["cap_drop"] == ["ALL"]
+    assert "ports" not in node and "network_mode" not in node  # on the stack's network: Prometheus finds it by name
+    assert "--no-collector.netdev" in node["command"]  # it would report the container's interface as the host's
 
 
 def test_grafana_is_provisioned_from_the_repository(services):

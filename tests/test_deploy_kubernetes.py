@@ -30,7 +30,11 @@ OVERLAYS = ("local", "prod")
 KUBERNETES_VERSION = "1.30.0"
 SHARED_FILES = ("prometheus.yml", "prometheus", "grafana")  # what prepare.sh copies below kubernetes/base
 COMPOSE_FILES = ("docker-compose.yaml", "docker-compose-locust.yaml")
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+SERVING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # pods a Service may select
+# What the `restricted` Pod Security Standard lets a pod mount (the namespace enforces it).
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}  # fmt: skip
 SECRET_SETTINGS = {name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)}
 VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -109,6 +113,30 @@ def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
 
+def matches(label_selector: dict, labels: dict) -> bool:
+    """A LabelSelector (NetworkPolicy podSelector): `{}` selects every pod."""
+    assert "matchExpressions" not in label_selector, "matchExpressions: extend this helper"
+    return all(labels.get(key) == value for key, value in label_selector.get("matchLabels", {}).items())
+
+
+def pod_labels(workload: dict) -> dict:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
+def selected_pods(objects: list[dict], service: dict) -> list[dict]:
+    """The workloads whose pods a Service selects."""
+    return [w for w in workloads(objects, SERVING_KINDS) if selects(service["spec"]["selector"], pod_labels(w))]
+
+
+def container_port(workload: dict, port: int | str) -> int | None:
+    """The number of a container port of the workload's pods, given by number or by name."""
+    for container in pod_spec(workload)["containers"]:
+        for declared in container.get("ports", []):
+            if port in (declared.get("name"), declared["containerPort"]):
+                return declared["containerPort"]
+    return None
+
+
 def probes(container: dict) -> list[dict]:
     return [container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container]
 
@@ -145,7 +173,8 @@ def test_each_overlay_renders_every_part_of_the_stack(objects):
         ("Deployment", "inference-api"), ("HorizontalPodAutoscaler", "inference-api"),
         ("PodDisruptionBudget", "inference-api"), ("Deployment", "streamlit"),
         ("Deployment", "prometheus"), ("Deployment", "pushgateway"), ("Deployment", "statsd-exporter"),
-        ("Deployment", "grafana"), ("NetworkPolicy", "same-namespace-only"),
+        ("Deployment", "grafana"), ("DaemonSet", "node-exporter"), ("Service", "node-exporter"),
+        ("NetworkPolicy", "same-namespace-only"),
     }  # fmt: skip
     assert expected <= present, f"missing: {sorted(expected - present)}"
     namespaced = [o for o in objects if o["kind"] != "Namespace"]
@@ -215,9 +244,7 @@ def test_checkov_fails_no_check_beyond_the_explained_ones(rendered, tmp_path):
 
 def test_every_service_selects_the_pods_of_a_workload_and_targets_their_ports(objects):
     for service in named(objects, "Service").values():
-        selector = service["spec"]["selector"]
-        pods = [w for w in workloads(objects, ("Deployment", "StatefulSet"))
-                if selects(selector, w["spec"]["template"]["metadata"]["labels"])]  # fmt: skip
+        pods = selected_pods(objects, service)
         assert pods, f"Service {service['metadata']['name']} selects no workload's pods"
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
@@ -303,6 +330,25 @@ def test_every_long_running_workload_has_probes_resources_and_a_restricted_secur
         if workload["kind"] != "Job":
             for container in spec["containers"]:
                 assert "readinessProbe" in container and "livenessProbe" in container, where
+
+
+def test_every_pod_passes_the_restricted_pod_security_standard_its_namespace_enforces(objects):
+    """The API server refuses, not merely warns about, a pod that breaks it: host namespaces, hostPath
+    volumes, host ports, privileged containers, added capabilities, root (the check above: the rest)."""
+    (namespace,) = named(objects, "Namespace").values()
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for workload in workloads(objects):
+        where, spec = workload["metadata"]["name"], pod_spec(workload)
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), f"{where}: host namespace"
+        assert spec["securityContext"].get("runAsUser") != 0, where
+        for volume in spec.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            assert kinds <= RESTRICTED_VOLUME_TYPES, f"{where}: volume {volume['name']} is {sorted(kinds)}"
+        for container in all_containers(workload):
+            assert not any("hostPort" in port for port in container.get("ports", [])), f"{where}: hostPort"
+            context = container["securityContext"]
+            assert not context.get("privileged") and context.get("runAsUser") != 0, where
+            assert set(context["capabilities"].get("add", [])) <= {"NET_BIND_SERVICE"}, where
 
 
 def test_the_autoscaler_scales_an_existing_deployment_that_requests_cpu(objects):
@@ -484,6 +530,39 @@ def scrape_targets(config: dict) -> list[str]:
     return targets
 
 
+def scraped_pods(objects: list[dict]) -> list[tuple[str, dict, int]]:
+    """(target in prometheus.yml, workload, container port) of every pod Prometheus scrapes. A headless
+    Service's name resolves to the pods' addresses, so the port is the pods' own; otherwise the Service
+    forwards its port to its targetPort."""
+    services = named(objects, "Service")
+    found = []
+    for target in scrape_targets(prometheus_config()):
+        host, _, port = target.rpartition(":")
+        if host in ("localhost", "127.0.0.1"):
+            continue
+        service = services[host]
+        if service["spec"].get("clusterIP") == "None":
+            pod_port = int(port)
+        else:
+            (entry,) = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+            pod_port = entry.get("targetPort", entry["port"])
+        found += [(target, w, container_port(w, pod_port)) for w in selected_pods(objects, service)]
+    return found
+
+
+def admits(rule: dict, source_labels: dict, workload: dict, port: int) -> bool:
+    """Whether a NetworkPolicy ingress rule lets a pod of this namespace with `source_labels` connect to
+    `port` of the workload's pods."""
+    peers = rule.get("from", [])
+    source = not peers or any("podSelector" in peer and not peer.get("namespaceSelector") and "ipBlock" not in peer
+                              and matches(peer["podSelector"], source_labels) for peer in peers)  # fmt: skip
+    ports = rule.get("ports", [])
+    target = not ports or any(p.get("protocol", "TCP") == "TCP"
+                              and ("port" not in p or container_port(workload, p["port"]) == port)
+                              for p in ports)  # fmt: skip
+    return source and target
+
+
 def test_prometheus_finds_its_rule_files_where_the_deployment_mounts_them(objects):
     deployment = named(objects, "Deployment")["prometheus"]
     (container,) = pod_spec(deployment)["containers"]
@@ -514,6 +593,63 @@ def test_prometheus_scrapes_services_that_exist_on_their_ports(objects):
         if host in ("localhost", "127.0.0.1"):
             continue
         assert int(port) in services.get(host, set()), f"prometheus.yml scrapes {target}: no such Service port"
+
+
+def test_prometheus_discovers_pods_through_headless_services_on_their_container_ports(objects):
+    """A dns_sd name must be a headless Service: its A records are the pods' own addresses, one target
+    per pod, scraped on the pods' port. A Service with a cluster IP would be one target, a random pod."""
+    services = named(objects, "Service")
+    names = []
+    for job in prometheus_config()["scrape_configs"]:
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type") == "A", f"{job['job_name']}: A records (SRV needs named ports in the names)"
+            for name in dns["names"]:
+                service = services[name]
+                assert service["spec"].get("clusterIP") == "None", f"{name} is not a headless Service"
+                pods = selected_pods(objects, service)
+                assert pods, f"{name} selects no pods"
+                assert all(container_port(w, dns["port"]) == dns["port"] for w in pods), f"{name}:{dns['port']}"
+                names.append(name)
+    assert {"inference-api-pods", "node-exporter"} <= set(names)
+
+
+def test_the_network_policies_let_prometheus_reach_every_pod_it_scrapes(objects):
+    prometheus = pod_labels(named(objects, "Deployment")["prometheus"])
+    policies = [policy for policy in named(objects, "NetworkPolicy").values()
+                if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])]  # fmt: skip
+    scraped = scraped_pods(objects)
+    assert {workload["metadata"]["name"] for _, workload, _ in scraped} >= {"inference-api", "node-exporter"}
+    for target, workload, port in scraped:
+        assert port is not None, f"{target}: no such container port on {workload['metadata']['name']}"
+        applying = [p for p in policies if matches(p["spec"]["podSelector"], pod_labels(workload))]
+        rules = [rule for policy in applying for rule in policy["spec"].get("ingress", [])]
+        assert not applying or any(admits(rule, prometheus, workload, port) for rule in rules), (
+            f"no NetworkPolicy lets Prometheus reach {target} ({workload['metadata']['name']}:{port})"
+        )
+
+
+def test_node_exporter_runs_on_every_node_behind_a_headless_service(objects):
+    daemonset = named(objects, "DaemonSet")["node-exporter"]
+    spec = pod_spec(daemonset)
+    assert {"operator": "Exists"} in spec["tolerations"]  # tainted nodes (the control plane) too
+    service = named(objects, "Service")["node-exporter"]
+    assert service["spec"]["clusterIP"] == "None"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 9100 and container_port(daemonset, port["targetPort"]) == 9100
+    assert selected_pods(objects, service) == [daemonset]
+    # Pod IPs say nothing of the node: the init container names it for the textfile collector.
+    (container,) = spec["containers"]
+    (init,) = spec["initContainers"]
+    flags = dict(argument.split("=", 1) for argument in container["args"] if "=" in argument)
+    textfile = flags["--collector.textfile.directory"]
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert {m["mountPath"]: m["name"] for m in init["volumeMounts"]} == {textfile: mounted[textfile]}
+    assert "readmission_node_info" in init["command"][-1] and f"> {textfile}/" in init["command"][-1]
+    env = {variable["name"]: variable for variable in init["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert split_image(init["image"]) == split_image(container["image"])
+    # Without host mounts the network collectors would report the pod's interface as the node's.
+    assert {"--no-collector.netdev", "--no-collector.netclass"} <= set(container["args"])
 
 
 def test_grafana_reads_prometheus_and_the_dashboards_where_the_deployment_puts_them(objects):

@@ -66,11 +66,11 @@ def test_the_batch_store_round_trips_text_and_missing_values_on_s3(make_settings
     assert back["max_glu_serum"].tolist() == ["None", "?", None]
 
 
-def test_mysql_connection_uris_are_used_with_the_packages_driver(make_settings):
+def test_mysql_connection_uris_are_used_with_mysqlclient(make_settings):
     settings = pipeline.run_settings(
         make_settings(), raw_db_uri="mysql://u:p%40ss@db:3306/raw_data_db", clean_db_uri=None, force_retrain=True
     )
-    assert settings.raw_db_url == "mysql+pymysql://u:p%40ss@db:3306/raw_data_db"
+    assert settings.raw_db_url == "mysql+mysqldb://u:p%40ss@db:3306/raw_data_db"
     assert settings.clean_db_url == make_settings().clean_db_url
     assert settings.force_retrain is True
 

@@ -19,6 +19,7 @@ from readmission.storage import (
     Storage,
     StorageError,
     batch_checksum,
+    diabetes_clean,
 )  # fmt: skip
 from readmission.validation import SchemaError, split_valid_rows
 from tests.factories import encounter_rows
@@ -272,6 +273,17 @@ def test_creating_the_schema_twice_is_harmless(storage):
     assert {"train_data", "validation_data", "test_data"} <= set(sa.inspect(storage.clean).get_view_names())
 
 
+def test_creating_the_schema_adds_an_index_an_existing_table_lacks(storage):
+    def clean_indexes() -> set[str]:
+        return {index["name"] for index in sa.inspect(storage.clean).get_indexes("diabetes_clean")}
+
+    assert "ix_diabetes_clean_split" in clean_indexes()
+    next(index for index in diabetes_clean.indexes if index.name == "ix_diabetes_clean_split").drop(storage.clean)
+    assert "ix_diabetes_clean_split" not in clean_indexes()
+    storage.create_schema()
+    assert "ix_diabetes_clean_split" in clean_indexes()
+
+
 def test_a_batch_with_wrong_columns_is_refused_and_nothing_is_written(storage):
     with pytest.raises(SchemaError, match="missing columns"):
         storage.write_raw(1, encounter_rows(50).drop(columns=["diag_2"]), source="test")
@@ -304,9 +316,25 @@ def test_labelled_encounters_are_the_raw_columns_of_clean_encounters_with_their_
     clean = pd.concat([storage.clean_batch(1), storage.clean_batch(2)]).set_index("encounter_id")["split"]
     assert labelled["split"].tolist() == clean.loc[labelled["encounter_id"].astype(int)].tolist()
     test_only = storage.labelled_encounters(splits=("test",))
-    assert set(test_only["split"]) == {"test"} and len(test_only) == (labelled["split"] == "test").sum()
+    assert set(test_only["split"]) == {"test"}
+    pd.testing.assert_frame_equal(test_only, labelled[labelled["split"] == "test"].reset_index(drop=True))
     with pytest.raises(ValueError, match="unknown splits"):
         storage.labelled_encounters(splits=("holdout",))
+
+
+def test_rewriting_a_model_versions_predictions_replaces_them_and_keeps_other_versions(storage):
+    def predictions(probability: float) -> pd.DataFrame:
+        return pd.DataFrame({"encounter_id": [11, 12, 13], "probability": probability, "prediction": [0, 1, 1],
+                             "label": [0, 1, 0]})  # fmt: skip
+
+    assert storage.write_predictions(1, "model", "1", predictions(0.25)) == 3
+    storage.write_predictions(1, "model", "2", predictions(0.5))
+    storage.write_predictions(1, "model", "1", predictions(0.75))
+    stored = contents(storage)["predictions"]
+    assert len(stored) == 6 and set(stored["batch_number"]) == {1} and set(stored["model_name"]) == {"model"}
+    assert stored.groupby("model_version")["probability"].unique().map(list).to_dict() == {"1": [0.75], "2": [0.5]}
+    assert stored.loc[stored["model_version"] == "1", ["encounter_id", "prediction", "label"]].values.tolist() == [
+        [11, 0, 0], [12, 1, 1], [13, 1, 0]]  # fmt: skip
 
 
 def test_nothing_stored_reads_as_empty(storage):
