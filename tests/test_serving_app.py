@@ -139,6 +139,8 @@ def test_an_unknown_icd9_code_is_accepted_as_the_other_group(api):
     ("race", "Martian", "literal_error"),
     ("insulin", "Sideways", "literal_error"),
     ("admission_type_id", 99, "literal_error"),
+    ("admission_type_id", True, "int_type"),
+    ("discharge_disposition_id", 1.0, "int_type"),
     ("diag_1", 428, "string_type"),
     ("diag_1", "4" * 65, "string_too_long"),
 ])  # fmt: skip

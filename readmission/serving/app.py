@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -38,7 +39,7 @@ from readmission.serving.batch_input import (
     encounters_from_json,
 )
 from readmission.serving.model_store import ModelLoadError, ModelStore
-from readmission.serving.predictor import MicroBatcher, NoModel, answer, score, served_model
+from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
 from readmission.serving.schemas import (
     FIELDS,
     BatchPrediction,
@@ -131,19 +132,20 @@ async def predict(encounter: Encounter, batcher: BatcherDep, settings: SettingsD
 
 
 def _score_batch(read: Callable[[bytes, int], np.ndarray], body: bytes, store: ModelStore,
-                 settings: Settings) -> BatchPrediction:  # fmt: skip
+                 settings: Settings) -> Response:  # fmt: skip
+    """A `BatchPrediction`, encoded here, off the event loop (the route's response model documents it)."""
     table = read(body, settings.max_batch_rows)
     model, probabilities = score(store, table)
     metrics.BATCH_ROWS.observe(len(table))
-    return BatchPrediction.model_validate({  # built here, off the event loop, which then only serializes it
-        "model_name": model.target.name, "model_version": model.target.version, "rows": len(table),
-        "predictions": [answer(p, model, settings) for p in probabilities.tolist()]})  # fmt: skip
+    content = msgspec.json.encode({"model_name": model.target.name, "model_version": model.target.version,
+                                   "rows": len(table), "predictions": answers(probabilities.tolist(), model, settings)})  # fmt: skip
+    return Response(content, media_type="application/json")
 
 
 @predictions.post("/predict/batch", response_model=BatchPrediction, openapi_extra=BATCH_BODY,
                   responses={**ERRORS, 415: {"model": ErrorMessage, "description": "Neither JSON nor CSV."}})  # fmt: skip
 async def predict_batch(request: Request, store: StoreDep, settings: SettingsDep,
-                        batch_thread: BatchThreadDep) -> BatchPrediction:  # fmt: skip
+                        batch_thread: BatchThreadDep) -> Response:  # fmt: skip
     """Readmission risk of many encounters (a JSON list or a CSV) with one model call."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     read = BATCH_READERS.get("application/json" if media_type.endswith("+json") else media_type)

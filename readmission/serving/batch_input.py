@@ -1,8 +1,10 @@
 """The body of a batch request (a JSON list or a CSV in the data set's format) -> the model's input.
 
-Both formats are checked against the same field specs (`schemas.FIELDS`): JSON object by
-object with the pydantic `Encounter` model, CSV by checking each distinct cell text once
-against its column's spec (a batch has few distinct values per column). Either way the result is
+Both formats are checked against the same field specs (`schemas.FIELDS`). JSON is decoded
+and checked in one pass by a msgspec struct built from the specs; a body it refuses is checked
+again by the pydantic `Encounter` model, whose verdict and errors are the API's (msgspec only
+makes the common case, a valid batch, several times cheaper). CSV is checked by looking at each
+distinct cell text once (a batch has few distinct values per column). Either way the result is
 one object matrix in `schema.FEATURE_INPUT_COLUMNS` order, ready for a single model call,
 or an error that names every offending row and field (the first `MAX_ERRORS` of them).
 """
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
-from typing import Annotated, Any
+from itertools import chain
+from operator import attrgetter
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import pandas as pd
 from pydantic import Field, TypeAdapter, ValidationError
@@ -20,6 +25,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from readmission.serving.schemas import (
     FIELDS,
     IGNORED_COLUMNS,
+    IGNORED_FIELD_TYPES,
     INPUT_COUNT,
     MAX_TEXT_LENGTH,
     Encounter,
@@ -66,8 +72,48 @@ def _batch_adapter(max_rows: int) -> TypeAdapter:
     return TypeAdapter(Annotated[list[Encounter], Field(min_length=1, max_length=max_rows)])
 
 
+def _msgspec_type(spec: FieldSpec) -> Any:
+    """What `spec` accepts, as msgspec checks it (strict, like the pydantic model: no number in a string)."""
+    if spec.vocabulary is not None:
+        return Literal[spec.vocabulary]
+    if spec.codes is not None:
+        return Literal[tuple(spec.codes)]
+    if spec.count_range is not None:
+        return Annotated[int, msgspec.Meta(ge=spec.count_range[0], le=spec.count_range[1])]
+    return Annotated[str, msgspec.Meta(max_length=MAX_TEXT_LENGTH)]
+
+
+def _field(position: int) -> str:
+    return f"input_{position}"  # column names such as "glyburide-metformin" are not identifiers
+
+
+def _msgspec_struct() -> type[msgspec.Struct]:
+    """The `Encounter` model as a msgspec struct: input fields `input_<i>` named as the columns in JSON."""
+    inputs = [(_field(i), _msgspec_type(spec)) if spec.required else (_field(i), _msgspec_type(spec), spec.default)
+              for i, spec in enumerate(FIELDS.values())]  # fmt: skip
+    ignored = [(column, kind, None) for column, kind in IGNORED_FIELD_TYPES.items()]
+    return msgspec.defstruct("FastEncounter", inputs + ignored, kw_only=True, forbid_unknown_fields=True, gc=False,
+                             rename={_field(i): column for i, column in enumerate(FIELDS)})  # fmt: skip
+
+
+FAST_DECODER = msgspec.json.Decoder(list[_msgspec_struct()])
+_input_values = attrgetter(*(_field(i) for i in range(INPUT_COUNT)))
+
+
 def encounters_from_json(body: bytes, max_rows: int) -> np.ndarray:
     """A JSON list of encounters, validated in one pass from the raw bytes."""
+    try:
+        encounters = FAST_DECODER.decode(body)
+    except msgspec.DecodeError:  # includes msgspec.ValidationError
+        encounters = []
+    if 1 <= len(encounters) <= max_rows:
+        cells = chain.from_iterable(map(_input_values, encounters))  # row after row, flat: no tuple per row kept
+        return np.fromiter(cells, dtype=object, count=len(encounters) * INPUT_COUNT).reshape(len(encounters), -1)
+    return _explained(body, max_rows)
+
+
+def _explained(body: bytes, max_rows: int) -> np.ndarray:
+    """The pydantic verdict on a body the fast decoder refused: the API's errors (or, should they differ, its rows)."""
     try:
         encounters = _batch_adapter(max_rows).validate_json(body)
     except ValidationError as error:

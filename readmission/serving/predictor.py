@@ -8,6 +8,8 @@ worker answer thousands of `/predict` requests a second.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import pandas as pd
 from readmission.config import Settings
 from readmission.serving import metrics
 from readmission.serving.model_store import ModelStore, ServedModel
-from readmission.serving.schemas import RISK_LABELS
+from readmission.serving.schemas import RISK_BANDS, RISK_LABELS
 
 
 class NoModel(RuntimeError):
@@ -40,16 +42,17 @@ def score(store: ModelStore, table: np.ndarray | pd.DataFrame) -> tuple[ServedMo
     return model, probabilities
 
 
+def answers(probabilities: Sequence[float], model: ServedModel, settings: Settings) -> list[dict[str, Any]]:
+    """`RowPrediction`s as dicts of Python numbers (FastAPI cannot serialize numpy ones)."""
+    bands = (settings.risk_medium_threshold, settings.risk_high_threshold)  # a band starts at its threshold
+    threshold = model.decision_threshold
+    return [{"prediction": int(p >= threshold), "probability": p, "risk_band": (band := RISK_BANDS[bisect_right(bands, p)]),
+             "label": RISK_LABELS[band]} for p in probabilities]  # fmt: skip
+
+
 def answer(probability: float, model: ServedModel, settings: Settings) -> dict[str, Any]:
-    """A `RowPrediction` as a dict of Python numbers (FastAPI cannot serialize numpy ones)."""
-    if probability >= settings.risk_high_threshold:
-        band = "high"
-    elif probability >= settings.risk_medium_threshold:
-        band = "medium"
-    else:
-        band = "low"
-    prediction = 1 if probability >= model.decision_threshold else 0
-    return {"prediction": prediction, "probability": probability, "risk_band": band, "label": RISK_LABELS[band]}
+    """One `RowPrediction` as a dict of Python numbers."""
+    return answers([probability], model, settings)[0]
 
 
 class MicroBatcher:

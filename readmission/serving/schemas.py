@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
-from pydantic_core import PydanticUndefined
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from readmission import schema
 
@@ -26,7 +26,9 @@ RISK_LABELS = {
     "high": "High risk of readmission",
 }
 # Columns of the data set a request may carry that the model does not use (rows can be sent as they are).
-IGNORED_COLUMNS = (*schema.ID_COLUMNS, schema.TARGET_COLUMN)
+IGNORED_FIELD_TYPES: dict[str, Any] = {"encounter_id": int | str | None, "patient_nbr": int | str | None,
+                                       "readmitted": Literal[schema.TARGET_VALUES] | None}  # fmt: skip
+IGNORED_COLUMNS = tuple(IGNORED_FIELD_TYPES)
 
 CODE_TABLES: dict[str, dict[int, str]] = {
     "admission_type_id": schema.ADMISSION_TYPES,
@@ -145,11 +147,18 @@ def _field_spec(column: str) -> FieldSpec:
 FIELDS: dict[str, FieldSpec] = {column: _field_spec(column) for column in schema.FEATURE_INPUT_COLUMNS}
 
 
+def _no_bool_or_float(value: Any) -> Any:
+    """Codes are JSON integers, but pydantic's Literal takes true and 1.0 as 1 even in strict mode."""
+    if isinstance(value, bool | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value  # text goes on to the Literal, whose error lists the codes
+
+
 def _annotation(spec: FieldSpec) -> Any:
     if spec.vocabulary is not None:
         return Literal[spec.vocabulary]
     if spec.codes is not None:
-        return Literal[tuple(spec.codes)]
+        return Annotated[Literal[tuple(spec.codes)], BeforeValidator(_no_bool_or_float)]
     if spec.count_range is not None:
         return Annotated[int, Field(ge=spec.count_range[0], le=spec.count_range[1])]
     return Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
@@ -171,9 +180,7 @@ Encounter = create_model(
     __doc__="One hospital encounter of a diabetic patient, in the data set's own raw vocabulary.",
     **{column: _pydantic_field(spec) for column, spec in FIELDS.items()},
     # Last, after the model's inputs (see `encounter_row`): accepted so rows of the data set can be sent as they are.
-    encounter_id=(int | str | None, Field(None, description="Ignored by the model.")),
-    patient_nbr=(int | str | None, Field(None, description="Ignored by the model.")),
-    readmitted=(Literal[schema.TARGET_VALUES] | None, Field(None, description="Ignored by the model.")),
+    **{column: (kind, Field(None, description="Ignored by the model.")) for column, kind in IGNORED_FIELD_TYPES.items()},
 )
 INPUT_COUNT = len(FIELDS)
 

@@ -1,0 +1,94 @@
+"""Reading batch requests: the fast JSON decoder accepts exactly what the pydantic `Encounter` model accepts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from readmission.dataset import synthetic_dataset
+from readmission.loadtest import request_body
+from readmission.serving import batch_input
+from readmission.serving.batch_input import FAST_DECODER, InvalidBatch, encounters_from_json
+from readmission.serving.schemas import FIELDS, IGNORED_COLUMNS, MAX_TEXT_LENGTH
+
+VALID = [request_body(row) for row in synthetic_dataset(30, seed=5).to_dict(orient="records")]
+VOCABULARY = sorted({v for spec in FIELDS.values() for v in spec.vocabulary or ()})
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 130), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+    st.sampled_from([0.0, 1.0, 3.0]), st.sampled_from(VOCABULARY), st.text(max_size=MAX_TEXT_LENGTH + 3),
+    st.sampled_from(["3", "1", "", "?", "NaN", "<30"]), st.lists(st.integers(0, 3), max_size=2),
+)  # fmt: skip
+KEYS = [*FIELDS, *IGNORED_COLUMNS, "favourite_colour"]
+
+
+@st.composite
+def encounter_objects(draw) -> dict:
+    """A valid encounter with a few fields changed to odd values, dropped, or added."""
+    encounter = dict(draw(st.sampled_from(VALID)))
+    for key in draw(st.lists(st.sampled_from(KEYS), max_size=3)):
+        if draw(st.booleans()):
+            encounter[key] = draw(ODD_VALUES)
+        else:
+            encounter.pop(key, None)
+    return encounter
+
+
+def pydantic_verdict(body: bytes) -> np.ndarray | None:
+    """The rows the pydantic model reads from `body`, or None when it refuses it."""
+    try:
+        return batch_input._explained(body, max_rows=10)
+    except (InvalidBatch, batch_input.BatchTooLarge):
+        return None
+
+
+def fast_verdict(body: bytes) -> np.ndarray | None:
+    try:
+        encounters = FAST_DECODER.decode(body)
+    except batch_input.msgspec.DecodeError:
+        return None
+    return np.array([batch_input._input_values(e) for e in encounters], dtype=object).reshape(len(encounters), -1)
+
+
+def typed(table: np.ndarray) -> list[list[tuple[type, object]]]:
+    return [[(type(v), v) for v in row] for row in table.tolist()]  # 1 and True are equal, but not the same input
+
+
+@given(st.lists(encounter_objects(), min_size=1, max_size=3))
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_fast_decoder_accepts_and_reads_exactly_what_the_pydantic_model_does(encounters):
+    body = json.dumps(encounters).encode()
+    fast, slow = fast_verdict(body), pydantic_verdict(body)
+    assert (fast is None) == (slow is None), f"fast {'refused' if fast is None else 'accepted'}: {body[:300]!r}"
+    if fast is not None:
+        assert typed(fast) == typed(slow)
+
+
+def test_a_valid_batch_never_needs_the_pydantic_model(monkeypatch):
+    monkeypatch.setattr(batch_input, "_explained", lambda body, max_rows: pytest.fail("pydantic was asked"))
+    table = encounters_from_json(json.dumps(VALID).encode(), max_rows=100)
+    assert table.shape == (len(VALID), len(FIELDS))
+    assert table[:, list(FIELDS).index("age")].tolist() == [row["age"] for row in VALID]
+
+
+def test_a_refused_batch_is_explained_by_the_pydantic_model_row_by_row():
+    rows = [dict(row) for row in VALID[:4]]
+    rows[1]["number_inpatient"], rows[3]["gender"] = True, "Martian"
+    with pytest.raises(InvalidBatch) as refused:
+        encounters_from_json(json.dumps(rows).encode(), max_rows=100)
+    assert [e["loc"] for e in refused.value.errors] == [["body", 1, "number_inpatient"], ["body", 3, "gender"]]
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b"[]", b"[1]", b'[{"race": "Caucasian"}] trailing', b"[" + b"{}," * 5 + b"{}]"])
+def test_what_is_not_a_list_of_encounters_is_refused_by_name(body):
+    with pytest.raises(InvalidBatch) as refused:
+        encounters_from_json(body, max_rows=100)
+    assert refused.value.errors and all(e["loc"][0] == "body" for e in refused.value.errors)
+
+
+def test_more_rows_than_the_limit_are_too_large_even_when_every_row_is_valid():
+    with pytest.raises(batch_input.BatchTooLarge, match="31 encounters"):
+        encounters_from_json(json.dumps(VALID + VALID[:1]).encode(), max_rows=30)
