@@ -2,9 +2,9 @@
 
 One `FieldSpec` per raw input column says what the column accepts (a closed vocabulary,
 a code table, a count range or free text), what it means and what a missing value
-defaults to. The pydantic request model (JSON, and the OpenAPI schema) and the CSV
-validator of `readmission.serving.tabular` are both built from these specs, so the two
-input formats accept exactly the same encounters.
+defaults to. The pydantic request model (JSON, and the OpenAPI schema), and the fast JSON
+decoder and the CSV checker of `readmission.serving.batch_input`, are all built from these
+specs, so every input path accepts exactly the same encounters.
 """
 
 from __future__ import annotations
