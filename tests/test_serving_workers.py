@@ -9,6 +9,7 @@ while the failed polls are counted.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.factories import metric, register_model
 from tests.servers import MlflowServer, start_inference_api, wait_until
 
 WORKERS = 2
+QUIET_SECONDS = 1.0  # no new count for this long: the last responses have been counted
 
 
 @dataclass
@@ -114,14 +116,16 @@ def test_metrics_add_up_the_requests_of_both_workers(deployment):
         for thread in threads:
             thread.join()
     assert not failures
-    # A worker counts a request once its response is on its way, so let the last counts land first.
+    # A worker counts a request once its response is on its way, after the client may have read it: the
+    # counts are final once they stay the same for a while.
     reads = [predictions_counted_by_each_worker(metrics_dir)]
 
     def settled() -> bool:
+        time.sleep(QUIET_SECONDS)
         reads.append(predictions_counted_by_each_worker(metrics_dir))
         return reads[-1] == reads[-2]
 
-    wait_until(settled, timeout=10, interval=0.5, what="the workers' counts to settle")
+    wait_until(settled, timeout=20, interval=0, what="the workers' counts to settle")
     per_worker = reads[-1]
     # Whichever worker answers the scrape, it reports the sum over both.
     for _ in range(6):
