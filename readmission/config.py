@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     # --- storage ----------------------------------------------------------------------
     raw_db_url: str = ""  # default: sqlite:///<data_dir>/raw_data_db.sqlite
     clean_db_url: str = ""  # default: sqlite:///<data_dir>/clean_data_db.sqlite
-    insert_chunk_rows: int = Field(2_000, gt=0, description="Rows per INSERT, below MySQL's max_allowed_packet.")
+    insert_chunk_rows: int = Field(
+        2_000, gt=0, description="Rows per INSERT (below MySQL's max_allowed_packet) or per LOAD DATA file."
+    )
     mysql_raw_conn_id: str = "mysql_raw"
     mysql_clean_conn_id: str = "mysql_clean"
 

@@ -154,16 +154,19 @@ def airflow_db(airflow_home) -> Path:
     return airflow_home
 
 
-@pytest.fixture(params=["sqlite", "mariadb-pymysql", "mariadb-mysqlclient"])
+@pytest.fixture(params=["sqlite", "mariadb-pymysql", "mariadb-mysqlclient", "mariadb-inserts"])
 def storage_urls(request, tmp_path) -> tuple[str, str]:
     """(raw URL, clean URL) of fresh, empty databases: SQLite files, then the session's MariaDB through
-    each of the two MySQL drivers the package supports."""
+    each of the two MySQL drivers the package supports (rows sent as files, LOAD DATA LOCAL INFILE),
+    then through mysqlclient without local files (rows sent as INSERTs, as to a MySQL 8 server
+    that keeps `local_infile` off)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'raw_data_db.sqlite'}", f"sqlite:///{tmp_path / 'clean_data_db.sqlite'}"
     mariadb = request.getfixturevalue("mariadb")
     mariadb.reset()
-    driver = {"mariadb-pymysql": "pymysql", "mariadb-mysqlclient": "mysqldb"}[request.param]
-    return mariadb.url("raw_data_db", driver), mariadb.url("clean_data_db", driver)
+    driver = "pymysql" if request.param == "mariadb-pymysql" else "mysqldb"
+    query = "?local_infile=0" if request.param == "mariadb-inserts" else ""
+    return mariadb.url("raw_data_db", driver) + query, mariadb.url("clean_data_db", driver) + query
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ class MariaDB:
                 check=True, capture_output=True,
             )  # fmt: skip
             self._launch()
-            self._sql(
+            self.sql(
                 f"CREATE USER IF NOT EXISTS '{self.USER}'@'%' IDENTIFIED BY '{self.PASSWORD}';"
                 + "".join(f"CREATE DATABASE IF NOT EXISTS {db}; GRANT ALL ON {db}.* TO '{self.USER}'@'%';"
                           for db in self.DATABASES)  # fmt: skip
@@ -141,7 +141,8 @@ class MariaDB:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             return self.socket.exists()
 
-    def _sql(self, statements: str) -> None:
+    def sql(self, statements: str) -> None:
+        """Run `statements` as root, through the socket."""
         subprocess.run([self.binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", "-uroot",
                         "-e", statements], check=True, capture_output=True)  # fmt: skip
 
@@ -152,7 +153,7 @@ class MariaDB:
     def reset(self, *databases: str) -> None:
         """Drop and recreate databases, so a test starts from nothing."""
         names = databases or self.DATABASES
-        self._sql("".join(f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};" for db in names))
+        self.sql("".join(f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db};" for db in names))
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -363,7 +364,7 @@ class S3Server(ServerProcess):
 
 def create_database(mariadb: MariaDB, name: str) -> str:
     """Create database `name` for the test user unless it exists (`MariaDB.reset` leaves it alone); its URL."""
-    mariadb._sql(f"CREATE DATABASE IF NOT EXISTS {name}; GRANT ALL ON {name}.* TO '{mariadb.USER}'@'%';")
+    mariadb.sql(f"CREATE DATABASE IF NOT EXISTS {name}; GRANT ALL ON {name}.* TO '{mariadb.USER}'@'%';")
     return mariadb.url(name)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
+import threading
 
 import pandas as pd
 import pytest
@@ -290,3 +292,24 @@ def test_the_gunicorn_server_says_when_it_is_exhausted_and_starts_over(synthetic
         assert restarted.json()["total_batches"] == 1
     finally:
         server.stop()
+
+
+def test_a_body_that_is_not_json_is_a_clear_error():
+    class Maintenance(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html>down for maintenance</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Maintenance)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ValueError, match="answered with a body that is not JSON"):
+            fetch_batch(f"http://127.0.0.1:{server.server_port}", 1)
+    finally:
+        server.shutdown()

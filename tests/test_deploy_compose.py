@@ -240,3 +240,8 @@ def test_the_load_test_stack_joins_this_network_and_finds_the_api(compose, servi
         url = service["environment"]["API_URL"]
         host, port = re.match(r"http://([^:/]+):(\d+)", url).groups()
         assert host in services and int(port) in PUBLISHED[host], url
+
+
+def test_mysql_takes_the_local_files_ingestion_sends(services):
+    # MySQL 8's default is OFF, and ingestion would fall back to INSERTs.
+    assert "--local-infile=ON" in services["mysql"]["command"]

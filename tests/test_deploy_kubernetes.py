@@ -464,6 +464,11 @@ def test_the_inference_service_is_probed_hardened_and_rolled_without_downtime(ob
 # --- the files kubernetes/ shares with docker-compose.yaml and the observability engineer ------------
 
 
+def test_mysql_takes_the_local_files_ingestion_sends(objects):
+    mysql = next(c for c in pod_spec(named(objects, "StatefulSet")["mysql"])["containers"] if c["name"] == "mysql")
+    assert "--local-infile=ON" in mysql["args"]  # MySQL 8's default is OFF: ingestion would fall back to INSERTs
+
+
 def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(tmp_path):
     """kubernetes/base/scripts/init-databases.sh against a real server, as the mysql image runs it."""
     import pymysql
@@ -485,8 +490,9 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
         for _ in range(2):  # a second run changes nothing and does not fail
             subprocess.run([script], env=env, check=True, capture_output=True)
 
-        def connect(user: str, password: str, database: str):
-            return pymysql.connect(host="127.0.0.1", port=server.port, user=user, password=password, database=database)
+        def connect(user: str, password: str, database: str, **options):
+            return pymysql.connect(host="127.0.0.1", port=server.port, user=user, password=password, database=database,
+                                   **options)  # fmt: skip
 
         with connect("pipeline", "pipe-pw", "clean_data_db") as db, db.cursor() as cursor:
             cursor.execute("CREATE TABLE diabetes_clean (encounter_id BIGINT PRIMARY KEY, split VARCHAR(10))")
@@ -495,8 +501,13 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
                 cursor.execute("CREATE OR REPLACE VIEW train_data AS SELECT * FROM diabetes_clean WHERE split = 'train'")
             cursor.execute("SELECT COUNT(*) FROM train_data")
             assert cursor.fetchone() == (1,)
-        with connect("pipeline", "pipe-pw", "raw_data_db") as db, db.cursor() as cursor:
+        rows = tmp_path / "rows.tsv"
+        rows.write_text("1\n2\n")
+        with connect("pipeline", "pipe-pw", "raw_data_db", local_infile=True) as db, db.cursor() as cursor:
             cursor.execute("CREATE TABLE diabetes_raw (encounter_id BIGINT)")
+            cursor.execute(f"LOAD DATA LOCAL INFILE '{rows}' INTO TABLE diabetes_raw")  # no FILE privilege needed
+            cursor.execute("SELECT COUNT(*) FROM diabetes_raw")
+            assert cursor.fetchone() == (2,)
         for user, password, refused in [("pipeline", "pipe-pw", "mlflow_db"), ("pipeline", "pipe-pw", "airflow_db"),
                                         ("mlflow", "mlflow-pw", "raw_data_db"), ("airflow", "airflow-pw", "clean_data_db")]:
             with pytest.raises(pymysql.err.OperationalError, match="Access denied"):

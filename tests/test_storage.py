@@ -58,14 +58,25 @@ def assert_same_contents(before: dict[str, pd.DataFrame], after: dict[str, pd.Da
         pd.testing.assert_frame_equal(after[name], before[name], obj=name)
 
 
+# A NOT NULL column given NULL: INSERT fails with IntegrityError, LOAD DATA LOCAL (which only
+# warns) with StorageError; both name the column.
+REFUSED_ROWS = (sa.exc.IntegrityError, StorageError)
+
+
+def writes_rows_into(statement: str, table: str) -> bool:
+    """Whether `statement` writes rows into `table`: an INSERT, or MySQL's LOAD DATA of a chunk of rows."""
+    loads = statement.startswith("LOAD DATA") and f" INTO TABLE {table} " in statement
+    return loads or statement.startswith(f"INSERT INTO {table} ")
+
+
 @contextmanager
 def failing_insert(engine: sa.Engine, table: str, on_call: int):
-    """Make the `on_call`-th INSERT statement into `table` fail, as a lost connection would."""
+    """Make the `on_call`-th statement writing rows into `table` fail, as a lost connection would."""
     calls = 0
 
     def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
         nonlocal calls
-        if statement.startswith(f"INSERT INTO {table} "):
+        if writes_rows_into(statement, table):
             calls += 1
             if calls == on_call:
                 raise RuntimeError(f"injected failure on INSERT number {on_call} into {table}")
@@ -175,7 +186,7 @@ def test_a_failure_in_the_last_chunk_of_a_clean_write_writes_nothing(storage):
     valid, quarantined = split_valid_rows(raw.rows)
     clean = clean_batch(valid)
     clean.loc[clean.index[-1], "split"] = None  # violates NOT NULL in the last chunk of 40 rows
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(REFUSED_ROWS, match="split"):
         storage.write_clean(2, clean, quarantined)
     assert_same_contents(before, contents(storage))
     assert storage.batch_log().set_index("batch_number")["status"].to_dict() == {1: STORED, 2: RAW_STORED}
@@ -209,7 +220,7 @@ def test_a_failure_while_writing_both_databases_at_once_writes_nothing(storage):
 
     with failing_insert(storage.raw, "diabetes_raw", on_call=2), pytest.raises(RuntimeError, match="injected"):
         storage.write_batch(2, batch, "test", cleaned)
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(REFUSED_ROWS, match="split"):
         storage.write_batch(2, batch, "test", unfinished)
     with pytest.raises(ValueError, match="the cleaning failed"):
         storage.write_batch(2, batch, "test", broken)
@@ -351,6 +362,28 @@ def test_rows_too_large_for_one_packet_are_split_across_statements(storage_urls)
     storage.write_raw(1, frame, source="test")  # 5 MB of values, above the test server's 4 MiB max_allowed_packet
     assert storage.raw_batch(1)["medical_specialty"].tolist() == frame["medical_specialty"].tolist()
     storage.dispose()
+
+
+@pytest.mark.parametrize(("url_query", "server_local_infile", "statement"), [
+    ("", 1, "LOAD DATA"), ("?local_infile=0", 1, "INSERT INTO"), ("", 0, "INSERT INTO"),
+])  # fmt: skip
+def test_mysql_rows_go_as_local_files_where_client_and_server_allow_it(mariadb, url_query, server_local_infile,
+                                                                        statement):  # fmt: skip
+    mariadb.reset()
+    mariadb.sql(f"SET GLOBAL local_infile = {server_local_infile}")
+    try:
+        storage = Storage(mariadb.url("raw_data_db") + url_query, mariadb.url("clean_data_db") + url_query,
+                          chunk_rows=40)  # fmt: skip
+        storage.create_schema()
+        sent = []
+        sa.event.listen(storage.clean, "before_cursor_execute", lambda conn, cursor, sql, *rest: sent.append(sql))
+        written = write_raw_and_clean(storage, 1, encounter_rows(100, seed=27))[1]
+        storage.dispose()
+    finally:
+        mariadb.sql("SET GLOBAL local_infile = 1")
+    writes = [sql for sql in sent if writes_rows_into(sql, "diabetes_clean")]
+    assert len(writes) == 3 and all(sql.startswith(statement) for sql in writes)  # 100 rows, 40 per statement
+    assert written.stored == 100 and len(storage.clean_batch(1)) == 100
 
 
 def test_a_table_that_does_not_match_this_code_is_reported(storage):
