@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from readmission import schema
-from readmission.features import DISCHARGE_LEVELS, INPUT_COLUMNS, diagnosis_groups
+from readmission.features import DISCHARGE_LEVELS, INPUT_COLUMNS, CodedEncounters, diagnosis_groups, input_matrix
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,9 @@ class DriftWindow:
         self._binned_at = -math.inf  # the first rows are binned at once
         self._lock = threading.Lock()
 
-    def add(self, rows: np.ndarray | pd.DataFrame) -> bool:
-        """Queue raw rows (a frame, or a matrix in `FEATURE_INPUT_COLUMNS` order); True when the window was updated."""
-        table = rows.reindex(columns=INPUT_COLUMNS).to_numpy(dtype=object) if isinstance(rows, pd.DataFrame) else rows
+    def add(self, rows: np.ndarray | pd.DataFrame | CodedEncounters) -> bool:
+        """Queue raw rows (as `features.input_matrix` takes them); True when the window was updated."""
+        table = input_matrix(rows)
         with self._lock:
             self._queued.append(table)
             self._queued_rows += len(table)

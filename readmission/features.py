@@ -58,11 +58,28 @@ VISIT_COLUMNS = ("number_outpatient", "number_emergency", "number_inpatient")
 Block = tuple[list[str], np.ndarray]  # feature names and their values (one row per input value or row)
 
 
-def _input_table(X: pd.DataFrame | np.ndarray) -> np.ndarray:  # noqa: N803 (sklearn's naming)
+@dataclass(frozen=True)
+class CodedEncounters:
+    """Raw input whose cells are already positions in a list of distinct values, as the CSV reader yields them.
+
+    `codes[i]` holds, row by row, where in `values` the cell of `FEATURE_INPUT_COLUMNS[i]` is:
+    no Python object per cell, so the transform skips its hash pass over the cells.
+    """
+
+    codes: np.ndarray  # FEATURE_INPUT_COLUMNS x rows
+    values: np.ndarray  # objects, none missing (a reader puts the column's default in a missing cell's place)
+
+    def __len__(self) -> int:
+        return self.codes.shape[1]
+
+
+def input_matrix(X: pd.DataFrame | np.ndarray | CodedEncounters) -> np.ndarray:  # noqa: N803 (sklearn's naming)
     """The input columns as one object matrix (absent columns are all missing).
 
     A DataFrame is matched by column name; an array must hold `schema.FEATURE_INPUT_COLUMNS` in order.
     """
+    if isinstance(X, CodedEncounters):
+        return X.values[X.codes.T]
     if isinstance(X, pd.DataFrame):
         return (X if X.columns.equals(INPUT_COLUMNS) else X.reindex(columns=INPUT_COLUMNS)).to_numpy(dtype=object)
     table = np.asarray(X, dtype=object)
@@ -89,14 +106,16 @@ def _column_by_column(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(codes), np.concatenate(distinct)
 
 
-def _cell_codes(X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+def _cell_codes(X: pd.DataFrame | np.ndarray | CodedEncounters) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
     """Every input cell as an index (`FEATURE_INPUT_COLUMNS` x rows) into an array of distinct values.
 
     Missing cells (None, NaN, absent columns) point at the missing marker `?`.
     """
+    if isinstance(X, CodedEncounters):
+        return X.codes, X.values
     if isinstance(X, pd.DataFrame) and len(X) >= COLUMN_BY_COLUMN_ROWS and any(t != object for t in X.dtypes):
         return _column_by_column(X)
-    table = _input_table(X)  # Python objects: one hash pass over all cells costs less than a call per column
+    table = input_matrix(X)  # Python objects: one hash pass over all cells costs less than a call per column
     codes, distinct = _missing_as_marker(*pd.factorize(table.ravel()))
     return codes.reshape(table.shape).T, distinct
 
@@ -206,28 +225,44 @@ DIABETES_MEDICATION = _indicator("diabetes_medication", ("Yes",))
 CATEGORICAL = (("race", RACE), ("gender", GENDER), ("age", AGE), ("weight", WEIGHT),
                ("admission_type_id", ADMISSION_TYPE), ("discharge_disposition_id", DISCHARGE),
                ("admission_source_id", ADMISSION_SOURCE), ("medical_specialty", SPECIALTY), ("payer_code", PAYER))  # fmt: skip
-ID_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+ID_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")  # looked up by their id code
+# Every encoding that looks a raw value up, by the column it encodes (the 23 medications share one).
+LOOKUPS: dict[str, Encoding] = {**dict(CATEGORICAL), "max_glu_serum": GLUCOSE, "A1Cresult": A1C, "change": CHANGE,
+                                "diabetesMed": DIABETES_MEDICATION, "medications": MEDICATION_RANK}  # fmt: skip
+LOOKUP_POSITION = {column: i for i, column in enumerate(LOOKUPS)}
 
 
-# Number, id code and ICD-9 group row of every raw value seen so far: a few thousand in the whole data
-# set, so requests mostly find theirs here. Bounded, as clients may send any text.
-_FACTS: dict[object, tuple[float, str, int]] = {}
+# Number, ICD-9 group row and row in each of `LOOKUPS` of every raw value seen so far: a few thousand
+# in the whole data set, so requests mostly find theirs here. Bounded, as clients may send any text.
+_FACTS: dict[object, tuple[float, int, tuple[int, ...]]] = {}
 FACTS_LIMIT = 100_000
 
 
-def _value_facts(distinct: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The number, id code and ICD-9 group row of each distinct value, each value computed only once."""
+def _facts_of(values: list[object]) -> dict[object, tuple[float, int, tuple[int, ...]]]:
+    """The `_FACTS` entry of each value, computed for all of them at once."""
+    texts = np.array(values, dtype=object)
+    numbers = _number(texts)
+    ids = _code(numbers)
+    by_column = LOOKUPS.items()
+    lookups = np.column_stack([lookup.rows(ids if column in ID_COLUMNS else texts) for column, lookup in by_column])
+    groups = DIAGNOSIS_GROUP.rows(_icd9_groups(texts))
+    return dict(zip(values, zip(numbers.tolist(), groups.tolist(), map(tuple, lookups.tolist()))))
+
+
+def _value_facts(distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The number, ICD-9 group row and `LOOKUPS` rows (distinct x lookups) of each distinct value.
+
+    Each value is worked out once: encoding the few distinct values, not the cells, is what
+    keeps the transform cheap.
+    """
     missing = [v for v in distinct if v not in _FACTS]
-    fresh: dict[object, tuple[float, str, int]] = {}
-    if missing:
-        values = np.array(missing, dtype=object)
-        numbers = _number(values)
-        fresh = dict(zip(missing, zip(numbers.tolist(), _code(numbers).tolist(),
-                                      DIAGNOSIS_GROUP.rows(_icd9_groups(values)).tolist())))  # fmt: skip
-        if len(_FACTS) < FACTS_LIMIT:
-            _FACTS.update(fresh)
-    numbers, ids, groups = zip(*(_FACTS.get(v) or fresh[v] for v in distinct)) if len(distinct) else ((), (), ())
-    return np.array(numbers, dtype=float), list(ids), np.array(groups, dtype=np.intp)
+    fresh = _facts_of(missing) if missing else {}
+    if len(_FACTS) < FACTS_LIMIT:
+        _FACTS.update(fresh)
+    facts = [_FACTS.get(v) or fresh[v] for v in distinct]
+    numbers, groups, lookups = zip(*facts) if facts else ((), (), ())
+    return (np.array(numbers, dtype=float), np.array(groups, dtype=np.intp),
+            np.array(lookups, dtype=np.intp).reshape(len(facts), len(LOOKUPS)))  # fmt: skip
 
 
 class EncounterFeatures(TransformerMixin, BaseEstimator):
@@ -238,7 +273,7 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         self.n_features_out_ = len(self.get_feature_names_out())
         return self
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
+    def transform(self, X: pd.DataFrame | np.ndarray | CodedEncounters) -> pd.DataFrame:  # noqa: N803
         """Engineer the features of every row at once.
 
         Each distinct input value is encoded once, by table lookups (values repeat heavily:
@@ -247,19 +282,19 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         """
         codes, distinct = _cell_codes(X)
         at = dict(zip(schema.FEATURE_INPUT_COLUMNS, codes))  # column -> index of each cell in `distinct`
-        numbers, ids, group_of = _value_facts(distinct)
+        numbers, group_of, lookups = _value_facts(distinct)
 
-        def rows(column: str, encoding: Encoding, values: np.ndarray = distinct) -> Block:
+        def rows(column: str, encoding: Encoding) -> Block:
             """The features of `column`: its encoding of each distinct value, gathered for each row."""
-            return list(encoding.names), encoding.table[encoding.rows(values)[at[column]]]
+            return list(encoding.names), encoding.table[lookups[at[column], LOOKUP_POSITION[column]]]
 
         counts = np.nan_to_num(numbers, nan=0.0)[np.stack([at[c] for c in COUNT_COLUMNS], axis=1)]
         visits = [counts[:, COUNT_COLUMNS.index(c)] for c in VISIT_COLUMNS]
         group_rows = DIAGNOSIS_GROUP.table[group_of]
-        ranks = MEDICATION_RANK.table[MEDICATION_RANK.rows(distinct), 0]
+        ranks = MEDICATION_RANK.table[lookups[:, LOOKUP_POSITION["medications"]], 0]
         medications = ranks[np.stack([at[m] for m in schema.MEDICATIONS], axis=1)]
         blocks = [
-            *(rows(column, encoding, ids if column in ID_COLUMNS else distinct) for column, encoding in CATEGORICAL),
+            *(rows(column, encoding) for column, encoding in CATEGORICAL),
             (list(COUNT_COLUMNS), counts),
             (["total_prior_visits"], (visits[0] + visits[1] + visits[2])[:, None]),
             *(([f"{column}_{g}" for g in schema.DIAGNOSIS_GROUPS], group_rows[at[column]])

@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from readmission import schema
-from readmission.features import UNKNOWN_AGE, EncounterFeatures, diagnosis_groups, target
+from readmission.features import UNKNOWN_AGE, CodedEncounters, EncounterFeatures, diagnosis_groups, input_matrix, target
 from tests.factories import encounter
 
 
@@ -167,6 +167,17 @@ def test_a_row_array_in_input_column_order_gives_the_same_features(synthetic_fra
     np.testing.assert_array_equal(from_array.to_numpy(), transformer.transform(frame).to_numpy())
     with pytest.raises(ValueError, match="expected 47 columns"):
         transformer.transform(frame.to_numpy(dtype=object)[:, :5])
+
+
+def test_coded_rows_give_the_same_features_as_their_values(synthetic_frame):
+    matrix = synthetic_frame.iloc[:50][list(schema.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object)
+    codes, values = pd.factorize(matrix.ravel())
+    values = np.append(values, ["unused", 7]).astype(object)  # positions nothing points at change nothing
+    coded = CodedEncounters(codes.reshape(matrix.shape).T, values)
+    assert len(coded) == 50
+    np.testing.assert_array_equal(input_matrix(coded), matrix)
+    transformer = EncounterFeatures().fit(matrix)
+    pd.testing.assert_frame_equal(transformer.transform(coded), transformer.transform(matrix))
 
 
 def test_the_transformer_is_a_first_class_scikit_learn_step(synthetic_frame):

@@ -1,4 +1,5 @@
-"""Reading batch requests: the fast JSON decoder accepts exactly what the pydantic `Encounter` model accepts."""
+"""Reading batch requests: the fast JSON decoder accepts exactly what the pydantic `Encounter` model accepts,
+and a CSV in the data set's format reads as the same input rows as the same encounters sent as JSON."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from readmission.dataset import synthetic_dataset
+from readmission.features import input_matrix
 from readmission.loadtest import request_body
 from readmission.serving import batch_input
-from readmission.serving.batch_input import FAST_DECODER, InvalidBatch, encounters_from_json
+from readmission.serving.batch_input import FAST_DECODER, InvalidBatch, encounters_from_csv, encounters_from_json
 from readmission.serving.schemas import FIELDS, IGNORED_COLUMNS, MAX_TEXT_LENGTH
 
-VALID = [request_body(row) for row in synthetic_dataset(30, seed=5).to_dict(orient="records")]
+ROWS = synthetic_dataset(30, seed=5)  # the data set's 50 columns, as text
+VALID = [request_body(row) for row in ROWS.to_dict(orient="records")]
 VOCABULARY = sorted({v for spec in FIELDS.values() for v in spec.vocabulary or ()})
 ODD_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 130), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
@@ -92,3 +95,67 @@ def test_what_is_not_a_list_of_encounters_is_refused_by_name(body):
 def test_more_rows_than_the_limit_are_too_large_even_when_every_row_is_valid():
     with pytest.raises(batch_input.BatchTooLarge, match="31 encounters"):
         encounters_from_json(json.dumps(VALID + VALID[:1]).encode(), max_rows=30)
+
+
+# --- CSV --------------------------------------------------------------------------------
+
+
+def csv_errors(text: str) -> list[dict]:
+    with pytest.raises(InvalidBatch) as refused:
+        encounters_from_csv(text.encode(), max_rows=100)
+    return refused.value.errors
+
+
+def test_a_csv_reads_as_the_same_rows_as_the_same_encounters_sent_as_json():
+    from_csv = input_matrix(encounters_from_csv(ROWS.to_csv(index=False).encode(), max_rows=100))
+    assert typed(from_csv) == typed(encounters_from_json(json.dumps(VALID).encode(), max_rows=100))
+
+
+def test_empty_csv_cells_and_absent_optional_columns_take_the_missing_meaning():
+    rows = ROWS.head(3).drop(columns=["weight", "metformin"]).assign(A1Cresult=["", ">8", ""], diag_3=["", "428", ""])
+    table = input_matrix(encounters_from_csv(rows.to_csv(index=False).encode(), max_rows=100))
+    column = {name: table[:, i].tolist() for i, name in enumerate(FIELDS)}
+    assert column["weight"] == [FIELDS["weight"].default] * 3 and column["metformin"] == ["No"] * 3
+    assert column["A1Cresult"] == ["None", ">8", "None"] and column["diag_3"] == ["?", "428", "?"]
+
+
+def test_numbers_in_a_csv_are_read_as_whole_numbers_of_their_range():
+    rows = ROWS.head(2).assign(time_in_hospital=["3", "3.0"], admission_type_id=["1", "2"])
+    table = input_matrix(encounters_from_csv(rows.to_csv(index=False).encode(), max_rows=100))
+    assert typed(table[:, [list(FIELDS).index("time_in_hospital"), list(FIELDS).index("admission_type_id")]]) == [
+        [(int, 3), (int, 1)], [(int, 3), (int, 2)]]  # fmt: skip
+
+
+def test_each_refused_csv_cell_is_named_by_row_and_column_with_its_line():
+    rows = ROWS.head(4).assign(gender=["Female", "Martian", "Male", "Female"], time_in_hospital=["3", "3", "", "99"])
+    errors = csv_errors(rows.to_csv(index=False))
+    assert [e["loc"] for e in errors] == [["body", 1, "gender"], ["body", 2, "time_in_hospital"],
+                                          ["body", 3, "time_in_hospital"]]  # fmt: skip
+    assert "'Martian' is not allowed (CSV line 3)" in errors[0]["msg"]
+    assert errors[1]["msg"].startswith("required value is missing (CSV line 4)")
+    assert "'99' is not allowed" in errors[2]["msg"] and "from 1 to 14" in errors[2]["msg"]
+
+
+def test_a_csv_with_every_row_wrong_names_the_first_errors_and_counts_the_rest():
+    errors = csv_errors(ROWS.assign(gender="Martian").to_csv(index=False))
+    assert len(errors) == batch_input.MAX_ERRORS + 1
+    assert errors[-1]["msg"] == f"... and {len(ROWS) - batch_input.MAX_ERRORS} more errors"
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "not a CSV"), ("race,age\n", "holds no encounters"), ("race,race\nCaucasian,Caucasian\n", "more than once"),
+    (ROWS.head(2).to_csv(index=False) + "Caucasian,Female\n", "not a CSV"),
+])  # fmt: skip
+def test_what_is_not_a_csv_of_encounters_is_refused_saying_why(text, problem):
+    assert problem in " ".join(e["msg"] for e in csv_errors(text))
+
+
+def test_text_that_is_not_utf8_is_refused_as_not_a_csv():
+    body = ROWS.head(2).to_csv(index=False).replace("Caucasian", "Cauc\u00e1sian", 1).encode("latin-1")
+    with pytest.raises(InvalidBatch, match="not a CSV"):
+        encounters_from_csv(body, max_rows=100)
+
+
+def test_a_csv_of_more_rows_than_the_limit_is_too_large():
+    with pytest.raises(batch_input.BatchTooLarge, match="30 encounters"):
+        encounters_from_csv(ROWS.to_csv(index=False).encode(), max_rows=29)

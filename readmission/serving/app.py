@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from readmission.config import Settings, get_settings
+from readmission.features import CodedEncounters
 from readmission.serving import metrics
 from readmission.serving.batch_input import (
     BatchTooLarge,
@@ -115,7 +116,7 @@ BATCH_BODY = {
         },  # fmt: skip
     }
 }
-BATCH_READERS: dict[str, Callable[[bytes, int], np.ndarray]] = {
+BATCH_READERS: dict[str, Callable[[bytes, int], np.ndarray | CodedEncounters]] = {
     "application/json": encounters_from_json,
     "text/csv": encounters_from_csv,
 }
@@ -131,7 +132,7 @@ async def predict(encounter: Encounter, batcher: BatcherDep, settings: SettingsD
                       model_version=model.target.version)  # fmt: skip
 
 
-def _score_batch(read: Callable[[bytes, int], np.ndarray], body: bytes, store: ModelStore,
+def _score_batch(read: Callable[[bytes, int], np.ndarray | CodedEncounters], body: bytes, store: ModelStore,
                  settings: Settings) -> Response:  # fmt: skip
     """A `BatchPrediction`, encoded here, off the event loop (the route's response model documents it)."""
     table = read(body, settings.max_batch_rows)

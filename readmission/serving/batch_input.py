@@ -3,15 +3,16 @@
 Both formats are checked against the same field specs (`schemas.FIELDS`). JSON is decoded
 and checked in one pass by a msgspec struct built from the specs; a body it refuses is checked
 again by the pydantic `Encounter` model, whose verdict and errors are the API's (msgspec only
-makes the common case, a valid batch, several times cheaper). CSV is checked by looking at each
-distinct cell text once (a batch has few distinct values per column). Either way the result is
-one object matrix in `schema.FEATURE_INPUT_COLUMNS` order, ready for a single model call,
-or an error that names every offending row and field (the first `MAX_ERRORS` of them).
+makes the common case, a valid batch, several times cheaper); the result is one object matrix in
+`schema.FEATURE_INPUT_COLUMNS` order. CSV is read by Arrow as dictionary-encoded text and
+checked by looking at each distinct cell text of a column once (a batch has few distinct values
+per column); the result keeps the cells as positions in the accepted values
+(`features.CodedEncounters`). Either way it is ready for a single model call, or the request
+gets an error that names every offending row and field (the first `MAX_ERRORS` of them).
 """
 
 from __future__ import annotations
 
-import io
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
@@ -20,8 +21,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from pydantic import Field, TypeAdapter, ValidationError
 
+from readmission.features import CodedEncounters
 from readmission.serving.schemas import (
     FIELDS,
     IGNORED_COLUMNS,
@@ -133,13 +137,28 @@ def _error(row: int | None, column: str, message: str, kind: str) -> dict[str, A
     return {"loc": loc, "msg": message, "type": kind}
 
 
-def _read_csv(body: bytes) -> pd.DataFrame:
-    """The CSV as text cells, as the data set reader reads it, but as Python strings (validated value by value)."""
+# Every column of the data set as dictionary-encoded text: each cell arrives as a position in its column's
+# few distinct texts, so the reader never makes a Python object per cell.
+_CSV_TEXT = pa.dictionary(pa.int32(), pa.string())
+_CSV_READ = pa_csv.ReadOptions(use_threads=False, block_size=1 << 26)  # one block: a batch is at most a few MB
+_CSV_CONVERT = pa_csv.ConvertOptions(column_types={c: _CSV_TEXT for c in (*FIELDS, *IGNORED_COLUMNS)},
+                                     null_values=[""], strings_can_be_null=True)  # fmt: skip
+
+
+def _read_csv(body: bytes) -> pa.Table:
+    """The CSV as dictionary-encoded text cells (an empty cell is missing), or an error saying what is wrong."""
     try:
-        return pd.read_csv(io.BytesIO(body), dtype=object, keep_default_na=False, na_values=[""])
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        return pa_csv.read_csv(pa.py_buffer(body), read_options=_CSV_READ, convert_options=_CSV_CONVERT)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InvalidBatch([{"loc": ["body"], "msg": f"not a CSV in the data set's format: {exc}",
                              "type": "csv_invalid"}]) from None  # fmt: skip
+
+
+def _column_cells(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's position in the column's distinct texts (-1: empty), and those texts."""
+    cells = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    positions = cells.indices.fill_null(-1) if cells.null_count else cells.indices
+    return positions.to_numpy(), cells.dictionary.to_numpy(zero_copy_only=False)
 
 
 def _accepted(spec: FieldSpec, distinct: np.ndarray, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,50 +176,58 @@ def _accepted(spec: FieldSpec, distinct: np.ndarray, numbers: np.ndarray) -> tup
     return valid, np.where(valid, numbers, 0).astype(np.int64).astype(object)
 
 
-def encounters_from_csv(body: bytes, max_rows: int) -> np.ndarray:
+def _cell_errors(refused: np.ndarray, texts: np.ndarray) -> list[dict[str, Any]]:
+    """An error for each refused cell (`refused`: columns x rows; `texts`: each cell's text, None when empty)."""
+    errors = []
+    for column_at, row in zip(*np.nonzero(refused)):  # column after column
+        if len(errors) == MAX_ERRORS:
+            break
+        column, spec, text = list(FIELDS)[column_at], list(FIELDS.values())[column_at], texts[column_at, row]
+        problem = "required value is missing" if text is None else f"{text!r} is not allowed"
+        errors.append(_error(int(row), column, f"{problem} (CSV line {row + 2}): expected {spec.allowed_text()}",
+                             "value_error"))  # fmt: skip
+    return bounded(errors, int(refused.sum()))
+
+
+def encounters_from_csv(body: bytes, max_rows: int) -> CodedEncounters:
     """A CSV in the data set's format (header row; extra data-set columns such as `readmitted` are ignored).
 
-    Every distinct cell text is checked once (a column holds a handful of distinct values),
-    and the verdicts are looked up for each cell.
+    Every distinct cell text of a column is checked once (a column holds a handful of distinct
+    values), and the verdicts are looked up for each cell; the result keeps the cells as
+    positions in the accepted values, so no Python object is made per cell.
     """
-    frame = _read_csv(body)
-    if len(frame) > max_rows:
-        raise BatchTooLarge(f"{len(frame)} encounters in one request; the limit is {max_rows} (MAX_BATCH_ROWS): "
+    table = _read_csv(body)
+    if table.num_rows > max_rows:
+        raise BatchTooLarge(f"{table.num_rows} encounters in one request; the limit is {max_rows} (MAX_BATCH_ROWS): "
                             "split the batch.")  # fmt: skip
-    if frame.empty:
+    if table.num_rows == 0:
         raise InvalidBatch([{"loc": ["body"], "msg": "the CSV holds no encounters", "type": "too_short"}])
-    unknown = [c for c in frame.columns if c not in FIELDS and c not in IGNORED_COLUMNS]
-    missing = [c for c, spec in FIELDS.items() if spec.required and c not in frame.columns]
+    names = table.column_names
+    unknown = [c for c in names if c not in FIELDS and c not in IGNORED_COLUMNS]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    missing = [c for c, spec in FIELDS.items() if spec.required and c not in names]
     errors = [_error(None, c, f"unknown column {c!r}", "extra_forbidden") for c in unknown]
+    errors += [_error(None, c, f"column {c!r} appears more than once", "csv_invalid") for c in repeated]
     errors += [_error(None, c, f"required column {c!r} is missing", "missing") for c in missing]
     if errors:
         raise InvalidBatch(bounded(errors))
 
-    present = [c for c in FIELDS if c in frame.columns]
-    text = frame[present].to_numpy(dtype=object)
-    codes, distinct = pd.factorize(text.ravel())  # empty cells get code -1
-    codes = codes.reshape(text.shape)
-    numbers = pd.to_numeric(distinct, errors="coerce").astype(float)
-    verdicts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # the 23 medications share one vocabulary
-    table = np.empty((len(frame), INPUT_COUNT), dtype=object)
-    total = 0
-    for i, (column, spec) in enumerate(FIELDS.items()):
-        if column not in frame.columns:
-            table[:, i] = spec.default
-            continue
-        key = (spec.vocabulary, tuple(spec.codes or ()), spec.count_range)
-        if key not in verdicts:
-            verdicts[key] = _accepted(spec, distinct, numbers)
-        valid, values = verdicts[key]
-        cells = codes[:, present.index(column)]  # -1 (empty) picks the appended last entry
-        table[:, i] = np.append(values, spec.default)[cells]
-        rows = np.flatnonzero(~np.append(valid, not spec.required)[cells])
-        total += len(rows)
-        for row in rows[: max(0, MAX_ERRORS - len(errors))]:
-            value = text[row, present.index(column)]
-            problem = "required value is missing" if pd.isna(value) else f"{value!r} is not allowed"
-            errors.append(_error(int(row), column, f"{problem} (CSV line {row + 2}): expected {spec.allowed_text()}",
-                                 "value_error"))  # fmt: skip
-    if errors:
-        raise InvalidBatch(bounded(errors, total))
-    return table
+    absent = (np.full(table.num_rows, -1), np.array([], dtype=object))
+    cells, texts = zip(*(_column_cells(table.column(c)) if c in names else absent for c in FIELDS))
+    # Each column's distinct texts, then its default (where its empty cells point), all in one list.
+    sizes = np.array([len(t) + 1 for t in texts])
+    offsets = np.cumsum(sizes) - sizes
+    numbers = np.split(pd.to_numeric(np.concatenate(texts), errors="coerce").astype(float),  # one call for all
+                       np.cumsum(sizes - 1)[:-1])  # fmt: skip
+    specs = FIELDS.values()
+    verdicts = [_accepted(spec, t, n) for spec, t, n in zip(specs, texts, numbers)]
+    valid = np.concatenate([part for (ok, _), spec in zip(verdicts, specs) for part in (ok, [not spec.required])])
+    values = np.concatenate([part for (_, accepted), spec in zip(verdicts, specs)
+                             for part in (accepted, np.array([spec.default], dtype=object))])  # fmt: skip
+    cells = np.stack(cells)
+    codes = np.where(cells < 0, sizes[:, None] - 1, cells) + offsets[:, None]
+    refused = ~valid[codes]
+    if refused.any():
+        everything = np.concatenate([part for t in texts for part in (t, np.array([None]))])
+        raise InvalidBatch(_cell_errors(refused, everything[codes]))
+    return CodedEncounters(codes, values)

@@ -30,7 +30,7 @@ from sklearn.pipeline import Pipeline
 from readmission import schema
 from readmission.config import Settings
 from readmission.drift import DriftWindow, window_of_model
-from readmission.features import INPUT_COLUMNS, EncounterFeatures
+from readmission.features import INPUT_COLUMNS, CodedEncounters, EncounterFeatures, input_matrix
 from readmission.serving import metrics
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,12 @@ class ServedModel:
             return None
         return features, classifier, list(classifier.classes_).index(1)
 
-    def probabilities(self, table: np.ndarray | pd.DataFrame) -> np.ndarray:
+    def probabilities(self, table: np.ndarray | pd.DataFrame | CodedEncounters) -> np.ndarray:
         """Readmission probability of each row of raw input (a matrix in `FEATURE_INPUT_COLUMNS` order): one call."""
         if self._steps is None:
-            frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table, columns=INPUT_COLUMNS, dtype=object)
-            return self.pipeline.predict_proba(frame)[:, list(self.pipeline.classes_).index(1)]
+            if not isinstance(table, pd.DataFrame):
+                table = pd.DataFrame(input_matrix(table), columns=INPUT_COLUMNS, dtype=object)
+            return self.pipeline.predict_proba(table)[:, list(self.pipeline.classes_).index(1)]
         features, classifier, positive = self._steps
         with sklearn.config_context(assume_finite=True):  # EncounterFeatures never outputs NaN or inf
             return classifier.predict_proba(features.transform(table).to_numpy())[:, positive]

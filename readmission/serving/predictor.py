@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from readmission.config import Settings
+from readmission.features import CodedEncounters
 from readmission.serving import metrics
 from readmission.serving.model_store import ModelStore, ServedModel
 from readmission.serving.schemas import RISK_BANDS, RISK_LABELS
@@ -32,7 +33,7 @@ def served_model(store: ModelStore) -> ServedModel:
     return model
 
 
-def score(store: ModelStore, table: np.ndarray | pd.DataFrame) -> tuple[ServedModel, np.ndarray]:
+def score(store: ModelStore, table: np.ndarray | pd.DataFrame | CodedEncounters) -> tuple[ServedModel, np.ndarray]:
     """The model in service and its probabilities for raw input rows, in one model call (counted in the metrics)."""
     model = served_model(store)
     probabilities = model.probabilities(table)
