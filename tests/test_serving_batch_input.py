@@ -150,6 +150,12 @@ def test_what_is_not_a_csv_of_encounters_is_refused_saying_why(text, problem):
     assert problem in " ".join(e["msg"] for e in csv_errors(text))
 
 
+def test_a_row_of_the_wrong_length_is_refused_without_echoing_its_cells():
+    (error,) = csv_errors(ROWS.head(2).to_csv(index=False) + "Caucasian,Female,[70-80)\n")
+    assert "Expected 50 columns, got 3" in error["msg"]
+    assert "Caucasian" not in error["msg"] and "70-80" not in error["msg"]
+
+
 def test_text_that_is_not_utf8_is_refused_as_not_a_csv():
     body = ROWS.head(2).to_csv(index=False).replace("Caucasian", "Cauc\u00e1sian", 1).encode("latin-1")
     with pytest.raises(InvalidBatch, match="not a CSV"):

@@ -13,6 +13,7 @@ gets an error that names every offending row and field (the first `MAX_ERRORS` o
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
@@ -141,6 +142,7 @@ def _error(row: int | None, column: str, message: str, kind: str) -> dict[str, A
 # few distinct texts, so the reader never makes a Python object per cell.
 _CSV_TEXT = pa.dictionary(pa.int32(), pa.string())
 _CSV_READ = pa_csv.ReadOptions(use_threads=False, block_size=1 << 26)  # one block: a batch is at most a few MB
+_QUOTED_ROW = re.compile(r"(Expected \d+ columns, got \d+): .*", re.DOTALL)
 _CSV_CONVERT = pa_csv.ConvertOptions(column_types={c: _CSV_TEXT for c in (*FIELDS, *IGNORED_COLUMNS)},
                                      null_values=[""], strings_can_be_null=True)  # fmt: skip
 
@@ -150,7 +152,8 @@ def _read_csv(body: bytes) -> pa.Table:
     try:
         return pa_csv.read_csv(pa.py_buffer(body), read_options=_CSV_READ, convert_options=_CSV_CONVERT)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise InvalidBatch([{"loc": ["body"], "msg": f"not a CSV in the data set's format: {exc}",
+        reason = _QUOTED_ROW.sub(r"\1", str(exc))  # Arrow quotes the row: patient data must not come back in errors
+        raise InvalidBatch([{"loc": ["body"], "msg": f"not a CSV in the data set's format: {reason}",
                              "type": "csv_invalid"}]) from None  # fmt: skip
 
 
