@@ -7,9 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Debian packages the test suite starts as real servers or drives (MariaDB, Prometheus,
-# Pushgateway, Chromium) and the headers mysqlclient builds against.
-APT_PACKAGES := mariadb-server prometheus prometheus-pushgateway chromium chromium-driver pkg-config libmariadb-dev
+# Debian packages the test suite starts as real servers or drives (MariaDB, PostgreSQL for Airflow's metadata,
+# Prometheus, Pushgateway, Chromium) and the headers mysqlclient builds against.
+APT_PACKAGES := mariadb-server postgresql prometheus prometheus-pushgateway chromium chromium-driver pkg-config libmariadb-dev
 
 .PHONY: help install system-deps tools demo test airflow loadtest benchmark kubernetes clean
 
@@ -28,7 +28,7 @@ system-deps: ## Install the Debian packages the tests need (only what is missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 demo: install ## Run the platform on embedded defaults: data API, ingestion, training, serving, UI
@@ -45,9 +45,8 @@ tools: $(TOOLS)/bin/checkov ## Install checkov into .venv-tools (the deploy test
 test: system-deps install tools ## Install what the tests need and run the whole suite
 	$(BIN)/python -m pytest
 
-airflow: install ## Start `airflow standalone` with the diabetes_pipeline DAG (UI on :8080)
-	AIRFLOW_HOME=$(CURDIR)/data/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	AIRFLOW__CORE__LOAD_EXAMPLES=False $(BIN)/airflow standalone
+airflow: install ## Airflow's scheduler and UI (http://127.0.0.1:8080) with the DAG, and a data API to pull from
+	$(BIN)/readmission airflow
 
 loadtest: install ## Headless Locust run against the local stack; reports under reports/
 	$(BIN)/readmission loadtest

@@ -74,7 +74,7 @@ def main() -> int:
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip
 
             warm_up = pipeline.run_dag_locally(settings, batch=others[-1])
-            assert set(warm_up.values()) == {"success"}, warm_up
+            assert set(warm_up.states.values()) == {"success"}, warm_up.states
             dag = pipeline.load_dag()
             cpu, wall = time.process_time(), time.perf_counter()
             dag_run = dag.test(run_conf={"batch": MEASURED_BATCH, "force_retrain": False})

@@ -1,8 +1,8 @@
 """
 ### diabetes_pipeline: one run = one batch, from the EC2 data API to a promoted model
 
-Every 5 minutes (the data API's rotation) a run takes the data API's current batch, or the
-batch given in the `batch` param, through:
+Every 5 minutes (the data API's rotation; `PIPELINE_SCHEDULE`, empty for triggered runs only) a run
+takes the data API's current batch, or the batch given in the `batch` param, through:
 
 `check_source` → `fetch_batch` → `store_raw` → `validate_and_clean` → `store_clean` →
 `export_batch` → `score_batch` → `train` → `register` → `promote` → `notify_serving` → `report_run`
@@ -31,7 +31,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 
 from readmission.config import Settings
 
-DAG_SETTINGS = Settings()  # read at parse time for the retry delay only; tasks read their own
+DAG_SETTINGS = Settings()  # read at parse time for the schedule and the retry delay only; tasks read their own
 
 
 def _mysql_uri(conn_id: str) -> str | None:
@@ -72,7 +72,7 @@ def _run(step: str, *args):
 
 @dag(
     dag_id="diabetes_pipeline",
-    schedule="*/5 * * * *",
+    schedule=DAG_SETTINGS.pipeline_schedule or None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

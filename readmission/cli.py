@@ -129,8 +129,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(settings)
 
 
+def _airflow(args: argparse.Namespace, settings: Settings) -> int:
+    from readmission import airflow_standalone
+
+    return airflow_standalone.run(settings)
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("demo", "the whole platform on embedded defaults: data API, DAG runs, inference API, UI", _demo),
+    Subcommand("airflow", "Airflow's scheduler and UI (AIRFLOW_PORT) with diabetes_pipeline, and a data API", _airflow),
     Subcommand("data-api", "serve the data API locally (DATASET_PATH, DATA_API_HOST, DATA_API_PORT)", _data_api),
     Subcommand("serve", "serve the inference API on MODEL_URI (API_HOST, API_PORT, API_WORKERS)", _serve),
     Subcommand("ingest", "fetch, validate and store one batch, or every batch of a file", _ingest, _ingest_arguments),

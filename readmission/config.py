@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         "local", description="Where batch Parquet files go: <data_dir>/batches, or s3://<s3_bucket>/batches."
     )
     pipeline_retry_delay_seconds: float = Field(60.0, gt=0, description="Delay before a failed DAG task is retried.")
+    pipeline_schedule: str = Field(
+        "*/5 * * * *", description="When the DAG takes the data API's current batch (cron); empty: triggered runs only."
+    )
+    airflow_port: int = Field(8080, description="Port of Airflow's UI and REST API (`make airflow`).")
+    airflow_admin_password: SecretStr = Field(
+        SecretStr(""), description="Airflow user `admin` (`make airflow`: empty lets Airflow generate one; compose)."
+    )
 
     # --- AWS scheduler ------------------------------------------------------------------
     ec2_instance_ids: str = ""  # comma-separated, for the start/stop Lambdas
@@ -131,7 +138,6 @@ class Settings(BaseSettings):
     aws_access_key_id: str = Field("", description="S3 key of the applications (a MinIO user in the stack).")
     aws_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret of the applications.")
     grafana_admin_password: SecretStr = Field(SecretStr(""), description="Grafana user `admin`.")
-    airflow_admin_password: SecretStr = Field(SecretStr(""), description="Airflow user `admin`.")
     airflow_fernet_key: SecretStr = Field(SecretStr(""), description="Encrypts Airflow connections (Fernet key).")
     airflow_jwt_secret: SecretStr = Field(SecretStr(""), description="Signs the tokens of Airflow's components.")
     airflow_api_secret_key: SecretStr = Field(SecretStr(""), description="Signs Airflow's log-server requests.")

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache, wraps
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,7 @@ def score_batch(settings: Settings, batch: int) -> dict:
         log.info("batch %d: @%s version %s was trained on it, so it is not scored again", batch, settings.model_alias,
                  version)  # fmt: skip
         return unscored | {"model_version": version}
-    model = registry.load_model(f"models:/{settings.model_name}/{version}", settings)
+    model = registry.load_pipeline(f"models:/{settings.model_name}/{version}", settings)
     threshold = production["metrics"].get("decision_threshold", 0.5)
     with _storage(settings) as storage:
         raw = storage.raw_batch(batch)
@@ -331,10 +332,10 @@ def _version_trained_on(settings: Settings, batches: list[int], train_fingerprin
 
 
 def _import_model_logging() -> None:
-    """Import what logging a model takes (MLflow's scikit-learn flavour, skops, matplotlib): seconds in
+    """Import what logging a model takes (MLflow's python_function flavour, skops, matplotlib): seconds in
     the fresh process a task runs in."""
     import matplotlib.figure  # noqa: F401
-    import mlflow.sklearn  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401
     import skops.io  # noqa: F401
 
 
@@ -433,20 +434,37 @@ def load_dag():
     return bag.dags[DAG_ID]
 
 
-def run_dag_locally(settings: Settings, batch: int | None = None, force_retrain: bool = False) -> dict[str, str]:
+@dataclass(frozen=True)
+class LocalRun:
+    """One run of the DAG through `dag.test()`: each task's final state, and what the tasks returned."""
+
+    states: dict[str, str]  # task id -> `success`, `skipped`, `failed`, ..., in the order the tasks run
+    results: dict[str, Any]  # task id -> its XCom return value, for the tasks that returned one
+
+
+def run_dag_locally(settings: Settings, batch: int | None = None, force_retrain: bool = False) -> LocalRun:
     """Run `diabetes_pipeline` once through Airflow itself (`dag.test()`), for `make demo`.
 
     The metadata DB is SQLite under `<data_dir>/airflow`, migrated on first use. The tasks run in
     this process on `settings` (exported to the environment, which they read). Airflow reads its own
-    configuration when first imported, so call this before anything else imports airflow. Returns
-    each task's final state (`success`, `skipped`, `failed`, ...), in the order the tasks run.
+    configuration when first imported, so call this before anything else imports airflow.
     """
     os.environ.update({**settings_environment(settings), **airflow_environment(settings)})
     _migrate_airflow_db(os.environ["AIRFLOW_HOME"])
     dag = load_dag()
     run = dag.test(run_conf={"batch": batch, "force_retrain": force_retrain})
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    return {task.task_id: states[task.task_id] for task in dag.topological_sort()}
+    return LocalRun({task.task_id: states[task.task_id] for task in dag.topological_sort()}, _results(run.run_id))
+
+
+def _results(run_id: str) -> dict[str, Any]:
+    """What each task of the run returned, read back from Airflow's metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value")).all()
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
 
 
 @cache

@@ -11,16 +11,15 @@ current champion on the same current test split and writes its decision and both
 tags of the challenger's version. Every promotion records the version it replaced
 (`previous_champion`), which is what `rollback` goes back to.
 
-Models are saved with skops, never pickle. skops refuses to load types it does not trust,
-so the model declares exactly the types it needs beyond skops' defaults; SKOPS_TRUSTED_TYPES
-is the allow-list those may come from, and a model needing anything else is refused at
-logging time instead of falling back to pickle.
+How a model is packaged (an MLflow python_function model holding a skops pipeline, never a
+pickle) is `readmission.mlflow_model`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from readmission import drift, schema
+from readmission import drift, mlflow_model, schema
 from readmission.config import Settings
 from readmission.evaluate import THRESHOLD_RULE, positive_probability
 from readmission.features import target
@@ -42,12 +41,6 @@ from readmission.train import Candidate, TrainingResult, train
 
 log = logging.getLogger(__name__)
 
-# The types beyond skops' defaults that our pipelines hold, and why:
-SKOPS_TRUSTED_TYPES: tuple[str, ...] = (
-    "readmission.features.EncounterFeatures",  # the feature step of every model
-    "sklearn.tree._tree.Tree",  # the trees of GradientBoostingClassifier
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # the trees of HistGradientBoostingClassifier
-)
 MODEL_ARTIFACT = "model"
 LOCAL_TRACKING_SCHEMES = ("sqlite", "file", "mysql", "postgresql", "mssql")  # the client writes artifacts itself
 
@@ -138,33 +131,9 @@ def experiment_id(settings: Settings) -> str:
 # --- logging and registering ------------------------------------------------------------------------
 
 
-def trusted_types(model: Pipeline) -> list[str]:
-    """The non-default types skops must trust to load `model`; ValueError if any is not in SKOPS_TRUSTED_TYPES."""
-    import skops.io
-
-    needed = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    unexpected = [name for name in needed if name not in SKOPS_TRUSTED_TYPES]
-    if unexpected:
-        raise ValueError(f"the model holds types that are not in SKOPS_TRUSTED_TYPES: {unexpected}; "
-                         "review them and add them there rather than saving with pickle")  # fmt: skip
-    return needed
-
-
-def _requirements() -> list[str]:
-    """Pinned requirements of the model (given, so MLflow does not load the model again to infer them)."""
-    import skops
-    import sklearn
-
-    return [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}", f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}"]  # fmt: skip
-
-
 def log_training(result: TrainingResult, settings: Settings) -> ModelVersion:
     """Log a training run (params, metrics, figures, lineage, the model) and register it as a new version."""
-    from mlflow.models import infer_signature
-
     mlflow_client = client(settings)
-    example = result.input_example.astype(object).where(result.input_example.notna(), None)
     tags = {"target": result.target, "candidate": result.candidate, "threshold_rule": THRESHOLD_RULE,
             **result.lineage.tags()}  # fmt: skip
     with mlflow.start_run(experiment_id=experiment_id(settings), run_name=f"{result.candidate}-{result.target}") as run:
@@ -178,15 +147,10 @@ def log_training(result: TrainingResult, settings: Settings) -> ModelVersion:
             mlflow.log_figure(figure, f"plots/{name}")
         if result.evaluation.importances:
             mlflow.log_dict(result.evaluation.importances, "feature_importance.json")
-        info = mlflow.sklearn.log_model(
+        info = mlflow_model.log_model(
             result.model,
+            result.input_example,
             name=MODEL_ARTIFACT,
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-            skops_trusted_types=trusted_types(result.model),
-            signature=infer_signature(example, result.model.predict_proba(example)),
-            input_example=example,
-            pyfunc_predict_fn="predict_proba",
-            pip_requirements=_requirements(),
             registered_model_name=settings.model_name,
             metadata=drift.model_metadata(result.reference_profile) if result.reference_profile else None,
         )
@@ -201,16 +165,17 @@ def log_training(result: TrainingResult, settings: Settings) -> ModelVersion:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def load_model(uri: str | None = None, settings: Settings | None = None) -> Pipeline:
-    """The scikit-learn pipeline at `uri` (default `settings.model_uri`): `models:/name@alias`, `models:/name/N`, a run or a path."""
+def load_pipeline(uri: str | None = None, settings: Settings | None = None) -> Pipeline:
+    """The scikit-learn pipeline at `uri` (default `settings.model_uri`): `models:/name@alias`, `models:/name/N`,
+    a run's model or a folder; read through skops' allow-list (`mlflow_model.read_pipeline`), never unpickled."""
     from readmission.config import get_settings
 
     settings = settings or get_settings()
     client(settings)
-    model = mlflow.sklearn.load_model(uri or settings.model_uri)
-    if not isinstance(model, Pipeline):
-        raise TypeError(f"{uri or settings.model_uri} holds a {type(model).__name__}, not a scikit-learn Pipeline")
-    return model
+    with tempfile.TemporaryDirectory(prefix="model-") as folder:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri or settings.model_uri, dst_path=folder,
+                                                    tracking_uri=settings.mlflow_tracking_uri)  # fmt: skip
+        return mlflow_model.read_pipeline(local)
 
 
 def model_metadata(uri: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
@@ -252,7 +217,7 @@ def _champion(mlflow_client: MlflowClient, settings: Settings) -> ModelVersion |
 
 def score_version(settings: Settings, version: str, rows: pd.DataFrame, labels: np.ndarray) -> float:
     """ROC-AUC of registered `version` on `rows` (raw columns) against `labels`."""
-    model = load_model(f"models:/{settings.model_name}/{version}", settings)
+    model = load_pipeline(f"models:/{settings.model_name}/{version}", settings)
     return float(roc_auc_score(labels, positive_probability(model, rows)))
 
 

@@ -103,19 +103,27 @@ def metric(text: str, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
 
 
-def saved_model(folder, serialization_format: str = "skops", seed: int = 0):
-    """A small production-shaped pipeline saved as an MLflow sklearn model folder (no registry); the folder."""
-    import mlflow
+def signature_types(signature) -> dict[str, str]:
+    """The MLflow type of each input column of a model's signature (its input is a list of row objects)."""
+    (row,) = signature.inputs.inputs
+    return {field.name: field.dtype.name for field in row.type.properties}
+
+
+def saved_model(folder, seed: int = 0, pickled: bool = False):
+    """A small production-shaped pipeline saved as a model folder (no registry), as the platform packages it, or
+    `pickled` by MLflow's scikit-learn flavour (what the platform refuses to load); the folder."""
+    import mlflow.sklearn
     from sklearn.ensemble import GradientBoostingClassifier
 
+    from readmission import mlflow_model
     from readmission.features import target
-    from readmission.registry import trusted_types
     from readmission.train import build_pipeline
 
     frame = synthetic_dataset(1_000, seed=seed)
     pipeline = build_pipeline(GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=seed))
     pipeline.fit(frame, target(frame["readmitted"]))
-    trusted = trusted_types(pipeline) if serialization_format == "skops" else None
-    mlflow.sklearn.save_model(pipeline, str(folder), serialization_format=serialization_format,
-                              skops_trusted_types=trusted, pip_requirements=["scikit-learn"])  # fmt: skip
-    return folder
+    if pickled:
+        mlflow.sklearn.save_model(pipeline, str(folder), serialization_format="cloudpickle",
+                                  pip_requirements=["scikit-learn"])  # fmt: skip
+        return folder
+    return mlflow_model.save_model(pipeline, folder, frame.head(3))

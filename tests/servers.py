@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,14 +29,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class GaveUp(RuntimeError):
+    """Raised by a check of `wait_until` when waiting longer cannot help (the server process has exited)."""
+
+
 def wait_until(check, timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> None:
-    """Poll `check()` until it returns truthy, or fail with a message naming `what`."""
+    """Poll `check()` until it returns truthy, or fail with a message naming `what`; `GaveUp` ends it at once."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
+        except GaveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - a server that is still starting raises anything
             last_error = exc
         time.sleep(interval)
@@ -71,7 +78,7 @@ class ServerProcess:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"exited with {self.process.returncode}: {self.log_path.read_text()[-4000:]}")
+            raise GaveUp(f"{self.args[0]} exited with {self.process.returncode}: {self.log_path.read_text()[-4000:]}")
         return http_ok(self.ready_url)
 
     def stop(self) -> None:
@@ -137,7 +144,7 @@ class MariaDB:
 
     def _accepts(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError((self.root / "mariadb.log").read_text()[-3000:])
+            raise GaveUp((self.root / "mariadb.log").read_text()[-3000:])
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             return self.socket.exists()
 
@@ -150,6 +157,12 @@ class MariaDB:
         """SQLAlchemy URL of `database` for the test user, through `driver` (pymysql or mysqldb: mysqlclient)."""
         return f"mysql+{driver}://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
 
+    def create(self, database: str) -> str:
+        """A fresh, empty database of the test user; its URL."""
+        self.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};"
+                 f"GRANT ALL ON {database}.* TO '{self.USER}'@'%';")  # fmt: skip
+        return self.url(database)
+
     def reset(self, *databases: str) -> None:
         """Drop and recreate databases, so a test starts from nothing."""
         names = databases or self.DATABASES
@@ -159,6 +172,108 @@ class MariaDB:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=60)
+
+
+class AirflowAPI:
+    """Airflow's REST API v2 as the UI calls it: a JWT from `/auth/token`, then bearer requests."""
+
+    FINISHED = ("success", "failed")
+
+    def __init__(self, url: str, username: str, password: str):
+        self.url = url
+        answer = requests.post(f"{url}/auth/token", json={"username": username, "password": password}, timeout=30)
+        answer.raise_for_status()
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.session.request(method, f"{self.url}/api/v2{path}", timeout=30, **kwargs)
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict) -> requests.Response:
+        """POST a dag run as the UI's Trigger button does (no logical date, the params form as `conf`)."""
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100}).json()["dag_runs"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600.0) -> dict:
+        """The dag run once it has finished (success or failed)."""
+        found: dict = {}
+
+        def finished() -> bool:
+            found.update(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json())
+            return found.get("state") in self.FINISHED
+
+        wait_until(finished, timeout, interval=2, what=f"run {run_id} of {dag_id} to finish")
+        return found
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        answer = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
+
+
+class PostgreSQL:
+    """A PostgreSQL server from the Debian binaries (Airflow's metadata database), on a throw-away data dir and a
+    free port. PostgreSQL refuses to run as root, so it runs as Debian's `postgres` user, in a folder of its own."""
+
+    USER, PASSWORD, DATABASE = "airflow", "test-only-password", "airflow"
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="postgresql-"))
+        shutil.chown(self.root, "postgres", "postgres")
+        self.datadir = self.root / "data"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @staticmethod
+    def binary(name: str) -> str:
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+        if not found:
+            raise FileNotFoundError(f"no PostgreSQL {name} under /usr/lib/postgresql: `make test` installs postgresql")
+        return str(found[-1])
+
+    def _as_postgres(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, **kwargs)
+
+    def start(self) -> "PostgreSQL":
+        self._as_postgres(self.binary("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
+                          "-E", "UTF8")  # fmt: skip
+        log = (self.root / "postgresql.log").open("ab")
+        self.process = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", self.binary("postgres"), "-D", str(self.datadir),
+             "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_until(self._accepts, 60, what="PostgreSQL to accept connections")
+        self.sql(f"CREATE USER {self.USER} PASSWORD '{self.PASSWORD}'")
+        self.sql(f"CREATE DATABASE {self.DATABASE} OWNER {self.USER}")
+        return self
+
+    def _accepts(self) -> bool:
+        if self.process.poll() is not None:
+            raise GaveUp((self.root / "postgresql.log").read_text()[-3000:])
+        self._as_postgres(self.binary("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port))
+        return True
+
+    def sql(self, statement: str) -> str:
+        """Run `statement` as the superuser; what psql prints."""
+        done = self._as_postgres("psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-At",
+                                 "-c", statement, text=True)  # fmt: skip
+        return done.stdout
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the metadata database, as Airflow's `sql_alchemy_conn` takes it."""
+        return f"postgresql+psycopg2://{self.USER}:{self.PASSWORD}@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

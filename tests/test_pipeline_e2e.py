@@ -12,14 +12,14 @@ import subprocess
 import sys
 import threading
 
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from readmission import pipeline
 from readmission.dataset import synthetic_dataset
-from readmission.registry import client as registry_client
 from tests.servers import S3_TEST_CREDENTIALS, free_port, start_data_api, wait_until
+from tests.snapshots import assert_same
+from tests.snapshots import snapshot as stores_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +63,11 @@ def batch_store_keys(s3_server) -> list[str]:
     return sorted(s3_server.keys(BUCKET)) if BUCKET in buckets else []
 
 
+def snapshot(settings, s3_server) -> dict[str, object]:
+    """Everything a run writes (see tests.snapshots), the batch bucket included."""
+    return stores_snapshot(settings, batch_store_keys(s3_server))
+
+
 # --- running and observing ----------------------------------------------------------------------------
 
 
@@ -80,42 +85,6 @@ def states(result: dict[str, tuple[str, int]]) -> dict[str, str]:
 def task_order(dag) -> list[str]:
     """Every task id of the DAG in the order it runs (the pipeline's, then any reporting after them)."""
     return [task.task_id for task in dag.topological_sort()]
-
-
-def snapshot(settings, s3_server) -> dict[str, object]:
-    """Everything a run writes, without surrogate ids and write timestamps: tables, batch store, registry."""
-    engines = {"raw": sa.create_engine(settings.raw_db_url), "clean": sa.create_engine(settings.clean_db_url)}
-    queries = {
-        "diabetes_raw": ("raw", "SELECT * FROM diabetes_raw ORDER BY encounter_id"),
-        "batch_log": ("raw", "SELECT batch_number, rows_received, rows_stored, rows_rejected, checksum, status "
-                             "FROM batch_log ORDER BY batch_number"),
-        "quarantine": ("raw", "SELECT batch_number, stage, encounter_id, reason FROM quarantine ORDER BY id"),
-        "diabetes_clean": ("clean", "SELECT * FROM diabetes_clean ORDER BY encounter_id"),
-        "predictions": ("clean", "SELECT encounter_id, batch_number, model_version, probability, prediction, label "
-                                 "FROM predictions ORDER BY encounter_id, model_version"),
-    }  # fmt: skip
-    found = {}
-    for table, (database, query) in queries.items():
-        with engines[database].connect() as conn:
-            frame = pd.read_sql(sa.text(query), conn)
-        found[table] = frame.drop(columns=["ingested_at"], errors="ignore")
-    for engine in engines.values():
-        engine.dispose()
-    found["batch_store"] = batch_store_keys(s3_server)
-    registry = registry_client(settings)
-    versions = registry.search_model_versions(f"name = '{settings.model_name}'")
-    found["versions"] = sorted(int(v.version) for v in versions)
-    found["aliases"] = registry.get_registered_model(settings.model_name).aliases if versions else {}
-    return found
-
-
-def assert_same(before: dict, after: dict) -> None:
-    assert before.keys() == after.keys()
-    for name in before:
-        if isinstance(before[name], pd.DataFrame):
-            pd.testing.assert_frame_equal(before[name], after[name], obj=name)
-        else:
-            assert before[name] == after[name], name
 
 
 def table_names(url: str) -> list[str]:
@@ -250,7 +219,7 @@ def test_a_local_run_migrates_its_own_metadata_db_under_the_data_folder(tmp_path
         "from readmission import pipeline\n"
         "from readmission.config import Settings\n"
         "settings = Settings(_env_file=None, data_dir=sys.argv[1], data_api_url=sys.argv[2])\n"
-        "print(json.dumps(pipeline.run_dag_locally(settings, batch=1)))\n"
+        "print(json.dumps(pipeline.run_dag_locally(settings, batch=1).states))\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items()

@@ -18,13 +18,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
-from readmission import registry, schema
+from readmission import mlflow_model, registry, schema
 from readmission import train as training
 from readmission.cli import main
 from readmission.config import Settings, get_settings
 from readmission.features import EncounterFeatures, target
 from readmission.train import Candidate, TrainingResult, train
-from tests.factories import labelled_encounters
+from tests.factories import labelled_encounters, signature_types
 
 ENCOUNTERS = labelled_encounters(rows=4_000, seed=21)
 TEST_ROWS = ENCOUNTERS[ENCOUNTERS["split"] == "test"].reset_index(drop=True)
@@ -99,7 +99,7 @@ def test_the_embedded_store_keeps_its_artifacts_in_the_data_folder(make_settings
     experiment = registry.client(settings).get_experiment_by_name(settings.mlflow_experiment)
     assert settings.mlflow_tracking_uri == f"sqlite:///{settings.data_dir.resolve() / 'mlflow.db'}"
     assert experiment.artifact_location == settings.artifacts_dir.as_uri()
-    assert list(settings.artifacts_dir.rglob("model.skops")), "the model is not under artifacts_dir"
+    assert list(settings.artifacts_dir.rglob("pipeline.skops")), "the model is not under artifacts_dir"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"], "something was written outside DATA_DIR"
     assert str(version.version) == "1"
 
@@ -123,17 +123,18 @@ def test_a_run_logs_params_metrics_figures_lineage_and_a_model_of_raw_columns(ma
                                             "feature_importance.png")}  # fmt: skip
 
     model = mlflow.models.get_model_info(f"models:/{settings.model_name}/{version.version}")
-    assert model.signature.inputs.input_names() == list(schema.FEATURE_INPUT_COLUMNS)
+    types = signature_types(model.signature)
+    assert sorted(types) == sorted(schema.FEATURE_INPUT_COLUMNS)
+    assert {name for name, kind in types.items() if kind == "long"} == set(mlflow_model.INTEGER_COLUMNS)
+    assert {kind for name, kind in types.items() if name not in mlflow_model.INTEGER_COLUMNS} == {"string"}
     assert model.saved_input_example_info is not None
-    flavor = model.flavors["sklearn"]
-    assert flavor["serialization_format"] == "skops"
-    assert flavor["skops_trusted_types"] == ["readmission.features.EncounterFeatures", "sklearn.tree._tree.Tree"]
+    assert model.flavors["python_function"]["artifacts"]["pipeline"]["path"].endswith("pipeline.skops")
 
 
 def test_hist_gradient_boosting_models_trust_their_own_tree_type_only():
     hist = Candidate("hist_gradient_boosting", HistGradientBoostingClassifier(max_iter=5))
     model = train(ENCOUNTERS, Settings(_env_file=None), [hist], figures=False).model
-    assert registry.trusted_types(model) == ["readmission.features.EncounterFeatures",
+    assert mlflow_model.trusted_types(model) == ["readmission.features.EncounterFeatures",
                                              "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
@@ -152,7 +153,7 @@ def test_a_model_holding_an_undeclared_type_is_refused_not_pickled():
     model = Pipeline([("features", EncounterFeatures()), ("doubling", Doubling()),
                       ("classifier", GradientBoostingClassifier(n_estimators=2))]).fit(rows, labels)  # fmt: skip
     with pytest.raises(ValueError, match=r"not in SKOPS_TRUSTED_TYPES: \['tests.test_registry.Doubling'\]"):
-        registry.trusted_types(model)
+        mlflow_model.trusted_types(model)
 
 
 # --- the real MLflow server: MariaDB backend store, S3 artifacts -------------------------------------------
@@ -172,20 +173,23 @@ def test_train_register_promote_and_predict_from_a_fresh_process(environment, mo
 
     decision = capsys.readouterr().out.splitlines()[-1]
     assert decision.startswith("version 1: promoted (@production): no champion yet; ROC-AUC 0."), decision
-    assert any(key.endswith("model.skops") for key in model_keys(settings, "1", mlflow_server)), "not in S3"
+    assert any(key.endswith("pipeline.skops") for key in model_keys(settings, "1", mlflow_server)), "not in S3"
     assert version_tags(settings, "1")["lineage.batches"] == "1,2"
-    rows = pd.read_csv(synthetic_csv, dtype=str, keep_default_na=False).head(50)[list(schema.FEATURE_INPUT_COLUMNS)]
-    expected = registry.load_model(settings=settings).predict_proba(rows)[:, 1]  # models:/<name>@production
+    rows = pd.read_csv(synthetic_csv, dtype=str, keep_default_na=False).head(50)
+    expected = registry.load_pipeline(settings=settings).predict_proba(rows)[:, 1]  # models:/<name>@production
+    # A data scientist's three lines, in a fresh process: the file as pandas reads it, through MLflow's own loader.
     fresh = subprocess.run(
-        [sys.executable, "-c", "import json, sys, pandas as pd; from readmission.registry import load_model;"
-         "rows = pd.DataFrame(json.load(sys.stdin));"
-         f"print(json.dumps(load_model('models:/{settings.model_name}@production').predict_proba(rows)[:, 1].tolist()))"],
-        input=rows.to_json(orient="records"), capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", "import mlflow, pandas as pd;"
+         f"model = mlflow.pyfunc.load_model('models:/{settings.model_name}@production');"
+         f"print(model.predict(pd.read_csv('{synthetic_csv}', nrows=50)).to_json(orient='split'))"],
+        capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server.url},
         cwd=tmp_path,
     )  # fmt: skip
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    probabilities = np.array(json.loads(fresh.stdout.splitlines()[-1]))
+    answer = json.loads(fresh.stdout.splitlines()[-1])
+    assert answer["columns"] == ["readmission_probability"]
+    probabilities = np.array(answer["data"]).ravel()
     assert probabilities == pytest.approx(expected) and len(np.unique(probabilities)) > 10
 
 
@@ -274,7 +278,7 @@ def test_a_champion_whose_artifact_is_unreadable_is_not_replaced_blindly(on_serv
     settings = on_server()
     champion = log(plain_model, settings)
     registry.promote(settings, champion)
-    (skops_key,) = [k for k in model_keys(settings, champion, mlflow_server) if k.endswith("model.skops")]
+    (skops_key,) = [k for k in model_keys(settings, champion, mlflow_server) if k.endswith("pipeline.skops")]
     mlflow_server.s3.client().put_object(Bucket=mlflow_server.bucket, Key=skops_key, Body=b"not a skops file")
     challenger = log(plain_model, settings)
 

@@ -47,9 +47,9 @@ def test_the_served_probabilities_are_the_pipelines_own(make_settings, model_fol
 
 
 def test_a_pickled_model_is_refused(make_settings, tmp_path):
-    folder = saved_model(tmp_path / "pickled", serialization_format="cloudpickle")
+    folder = saved_model(tmp_path / "pickled", pickled=True)
     store = ModelStore(make_settings(model_uri=str(folder)))
-    with pytest.raises(ModelLoadError, match="not a skops-serialized"):
+    with pytest.raises(ModelLoadError, match="holds no skops pipeline"):
         store.refresh("startup")
     assert store.current is None and "skops" in store.last_error
 

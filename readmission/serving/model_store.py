@@ -31,6 +31,7 @@ from readmission import schema
 from readmission.config import Settings
 from readmission.drift import DriftWindow, window_of_model
 from readmission.features import INPUT_COLUMNS, CodedEncounters, EncounterFeatures, input_matrix
+from readmission.mlflow_model import read_pipeline
 from readmission.serving import metrics
 
 log = logging.getLogger(__name__)
@@ -118,25 +119,6 @@ def resolve_target(settings: Settings) -> ModelTarget:
                        tags=dict(version.tags or {}))  # fmt: skip
 
 
-def load_pipeline(model_dir: Path) -> Pipeline:
-    """The scikit-learn pipeline of an MLflow sklearn model folder, deserialized by skops with our allow-list.
-
-    Not `mlflow.sklearn.load_model`: MLflow 3 refuses to deserialize any model unless
-    MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set, and then trusts the allow-list stored with the
-    model, written by whoever wrote the model. The platform's own list is used instead.
-    """
-    import skops.io
-    from mlflow.models import Model
-
-    from readmission.registry import SKOPS_TRUSTED_TYPES
-
-    flavor = Model.load(str(model_dir)).flavors.get("sklearn") or {}
-    if flavor.get("serialization_format") != "skops":
-        raise ModelLoadError(f"{model_dir} is not a skops-serialized sklearn model (flavor {flavor or 'missing'}): "
-                             "the service does not unpickle models")  # fmt: skip
-    return skops.io.load(model_dir / flavor["pickled_model"], trusted=list(SKOPS_TRUSTED_TYPES))
-
-
 def _decision_threshold(params: dict[str, str], run_metrics: dict[str, float]) -> float:
     for key in THRESHOLD_KEYS:
         for source in (params, run_metrics):
@@ -153,7 +135,7 @@ def load_model(settings: Settings, target: ModelTarget) -> ServedModel:
     with tempfile.TemporaryDirectory(prefix="served-model-") as folder:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target.source or target.uri, dst_path=folder,
                                                          tracking_uri=settings.mlflow_tracking_uri))  # fmt: skip
-        pipeline = load_pipeline(local)
+        pipeline = read_pipeline(local)
         drift = window_of_model(local, settings.drift_window)
     params, run_metrics, tags = {}, {}, dict(target.tags)
     if target.run_id:
