@@ -8,6 +8,7 @@ servers are the real apps run by their real servers.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -213,6 +214,36 @@ class AirflowAPI:
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         answer = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
         return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
+
+
+def start_airflow(settings, metadata_db: str, connections: dict[str, str], log_path: Path,
+                  env: dict[str, str] | None = None) -> tuple[ServerProcess, AirflowAPI]:  # fmt: skip
+    """`readmission airflow` (what `make airflow` runs) on `settings`, with `metadata_db` as Airflow's metadata
+    database and `connections` (conn id -> SQLAlchemy MySQL URL) as Airflow connections; the process, and the
+    REST API signed in with the login the command printed."""
+    from readmission.pipeline import settings_environment
+
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
+    environment |= settings_environment(settings)
+    environment |= {
+        "PATH": "/usr/bin:/bin",  # the command puts the venv first itself
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
+        **{f"AIRFLOW_CONN_{conn_id.upper()}": re.sub(r"^mysql\+\w+://", "mysql://", url) for conn_id, url in
+           connections.items()},
+        **(env or {}),
+    }  # fmt: skip
+    url = f"http://127.0.0.1:{settings.airflow_port}"
+    server = ServerProcess([str(VENV_BIN / "readmission"), "airflow"], f"{url}/api/v2/monitor/health", log_path,
+                           env=environment, timeout=300).start()  # fmt: skip
+    try:
+        wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), 60, what="the login to be printed")
+        printed = re.search(r"Airflow UI\s+(\S+)\s+user (\S+), password (\S+)", log_path.read_text())
+        if not printed or printed[1] != url:
+            raise AssertionError(f"`readmission airflow` did not print its address and login:\n{log_path.read_text()}")
+        return server, AirflowAPI(url, printed[2], printed[3])
+    except BaseException:
+        server.stop()
+        raise
 
 
 class PostgreSQL:

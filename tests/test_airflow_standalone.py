@@ -5,15 +5,13 @@ exactly as the UI triggers them, and what they write is compared with what `dag.
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import pytest
 
 from readmission import pipeline
 from readmission.config import Settings
-from tests.servers import VENV_BIN, AirflowAPI, PostgreSQL, ServerProcess, free_port, start_data_api, wait_until
+from tests.servers import AirflowAPI, PostgreSQL, free_port, start_airflow, start_data_api
 from tests.snapshots import assert_same, snapshot
 
 pytestmark = pytest.mark.slow
@@ -38,11 +36,6 @@ def data_api(synthetic_csv, tmp_path_factory):
     server.stop()
 
 
-def connection_uri(url: str) -> str:
-    """A SQLAlchemy MySQL URL as an Airflow connection URI."""
-    return re.sub(r"^mysql\+\w+://", "mysql://", url)
-
-
 @pytest.fixture(scope="module")
 def airflow(postgresql, mariadb, data_api, tmp_path_factory):
     """`readmission airflow` on PostgreSQL, its raw and clean stores reached through Airflow connections only;
@@ -57,36 +50,10 @@ def airflow(postgresql, mariadb, data_api, tmp_path_factory):
         serving_url=f"http://127.0.0.1:{free_port()}",
         **RUN_SETTINGS,
     )
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
-    environment |= {name.upper(): str(value) for name, value in settings.model_dump(include=set(RUN_SETTINGS)).items()}
-    environment |= {
-        "DATA_DIR": str(data_dir),
-        "DATA_API_URL": settings.data_api_url,
-        "AIRFLOW_PORT": str(settings.airflow_port),
-        "SERVING_URL": settings.serving_url,
-        "PATH": "/usr/bin:/bin",  # the command puts the venv first itself
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgresql.url,
-        f"AIRFLOW_CONN_{settings.mysql_raw_conn_id.upper()}": connection_uri(raw),
-        f"AIRFLOW_CONN_{settings.mysql_clean_conn_id.upper()}": connection_uri(clean),
-    }
-    log = data_dir.parent / "readmission-airflow.log"
-    server = ServerProcess(
-        [str(VENV_BIN / "readmission"), "airflow"],
-        f"http://127.0.0.1:{settings.airflow_port}/api/v2/monitor/health",
-        log,
-        env=environment,
-        timeout=300,
-    ).start()
-    try:
-        wait_until(lambda: "Ctrl-C stops everything" in log.read_text(), 60, what="the login to be printed")
-        printed = re.search(r"Airflow UI\s+(\S+)\s+user (\S+), password (\S+)", log.read_text())
-        assert printed, log.read_text()
-        url, user, password = printed.groups()
-        assert url == f"http://127.0.0.1:{settings.airflow_port}"
-        written = settings.model_copy(update={"raw_db_url": raw, "clean_db_url": clean})
-        yield written, AirflowAPI(url, user, password)
-    finally:
-        server.stop()
+    connections = {settings.mysql_raw_conn_id: raw, settings.mysql_clean_conn_id: clean}
+    server, api = start_airflow(settings, postgresql.url, connections, data_dir.parent / "readmission-airflow.log")
+    yield settings.model_copy(update={"raw_db_url": raw, "clean_db_url": clean}), api
+    server.stop()
 
 
 def local_batch_keys(settings: Settings) -> list[str]:
