@@ -44,12 +44,22 @@ def guarded_api(keys, tmp_path_factory):
     """The API with keys required; its URL and the path of its log."""
     settings = Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("auth-registry"))
     register_model(settings)
-    entries = [f"clinic:{key_hash(keys['clinic'])}", f"dashboard:{key_hash(keys['dashboard'])}:model",
-               f"bursty:{key_hash(keys['bursty'])}:predict"]  # fmt: skip
+    entries = [
+        f"clinic:{key_hash(keys['clinic'])}",
+        f"dashboard:{key_hash(keys['dashboard'])}:model",
+        f"bursty:{key_hash(keys['bursty'])}:predict",
+    ]
     folder = tmp_path_factory.mktemp("auth-api")
-    server, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "API_KEYS": ",".join(entries),
-                                       "REQUIRE_API_KEYS": "true", "API_RATE_LIMIT": str(RATE_LIMIT),
-                                       "MODEL_POLL_SECONDS": "3600"}, folder)  # fmt: skip
+    server, url = start_inference_api(
+        {
+            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+            "API_KEYS": ",".join(entries),
+            "REQUIRE_API_KEYS": "true",
+            "API_RATE_LIMIT": str(RATE_LIMIT),
+            "MODEL_POLL_SECONDS": "3600",
+        },
+        folder,
+    )
     yield url, server.log_path
     server.stop()
 
@@ -75,13 +85,16 @@ def test_a_new_key_opens_its_entry_and_the_entry_holds_only_its_hash():
     assert new_key("ward-7")[0] != key
 
 
-@pytest.mark.parametrize("entries, problem", [
-    ("ui", "entry 1: expected name:sha256hex"),
-    (f"ui:{'a' * 64},Bad Name:{'b' * 64}", "entry 2: the name 'Bad Name'"),
-    ("ui:not-a-hash", "entry 1 (ui): the hash is not 64 hex digits"),
-    (f"ui:{'a' * 64}:delete", "entry 1 (ui): rights are predict and model"),
-    (f"ui:{'a' * 64},ui:{'b' * 64}", "entry 2 (ui): the name or the hash is listed twice"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "entries, problem",
+    [
+        ("ui", "entry 1: expected name:sha256hex"),
+        (f"ui:{'a' * 64},Bad Name:{'b' * 64}", "entry 2: the name 'Bad Name'"),
+        ("ui:not-a-hash", "entry 1 (ui): the hash is not 64 hex digits"),
+        (f"ui:{'a' * 64}:delete", "entry 1 (ui): rights are predict and model"),
+        (f"ui:{'a' * 64},ui:{'b' * 64}", "entry 2 (ui): the name or the hash is listed twice"),
+    ],
+)
 def test_a_malformed_api_keys_setting_is_refused_naming_the_entry(entries, problem):
     with pytest.raises(ApiKeysError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         parse_api_keys(entries)
@@ -156,8 +169,10 @@ def test_requests_are_counted_per_key_name_and_the_key_never_shows(guarded_api, 
 def test_a_key_over_the_rate_limit_is_answered_429_with_retry_after(guarded_api, keys):
     url, _ = guarded_api
     with requests.Session() as session:
-        answers = [session.post(f"{url}/predict", json=EXAMPLE_ENCOUNTER, headers=bearer(keys["bursty"]), timeout=10)
-                   for _ in range(3 * RATE_LIMIT)]  # fmt: skip
+        answers = [
+            session.post(f"{url}/predict", json=EXAMPLE_ENCOUNTER, headers=bearer(keys["bursty"]), timeout=10)
+            for _ in range(3 * RATE_LIMIT)
+        ]
     refused = [a for a in answers if a.status_code == 429]
     assert refused and {a.status_code for a in answers} == {200, 429}
     assert int(refused[0].headers["Retry-After"]) >= 1 and "API_RATE_LIMIT" in refused[0].json()["detail"]
@@ -167,8 +182,11 @@ def test_a_key_over_the_rate_limit_is_answered_429_with_retry_after(guarded_api,
 def test_the_openapi_page_documents_the_key_scheme_on_the_guarded_routes_only(guarded_api):
     url, _ = guarded_api
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
-    assert spec["components"]["securitySchemes"]["ApiKey"] == {**spec["components"]["securitySchemes"]["ApiKey"],
-                                                              "type": "http", "scheme": "bearer"}  # fmt: skip
+    assert spec["components"]["securitySchemes"]["ApiKey"] == {
+        **spec["components"]["securitySchemes"]["ApiKey"],
+        "type": "http",
+        "scheme": "bearer",
+    }
     for method, path in GUARDED:
         assert spec["paths"][path][method]["security"] == [{"ApiKey": []}]
         assert {"401", "403"} <= set(spec["paths"][path][method]["responses"])
@@ -200,8 +218,14 @@ def test_without_api_keys_the_launcher_warns_and_with_require_api_keys_it_refuse
     from readmission.serving.app import create_app
 
     environment = {"DATA_DIR": str(tmp_path), "REQUIRE_API_KEYS": "true", "API_KEYS": "", "PATH": "/usr/bin:/bin"}
-    refused = subprocess.run([sys.executable, "-m", "readmission.serving.server"], env=environment, cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-m", "readmission.serving.server"],
+        env=environment,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode != 0
     assert "REQUIRE_API_KEYS is set but API_KEYS is empty" in refused.stderr
     with pytest.raises(ApiKeysError):
