@@ -21,7 +21,7 @@ cores wrk leaves free) do not, and are printed too.
 
 `--api-keys` measures the cost of key checking: a second API, the same but requiring an API key
 (API_KEYS with three entries), serves the same `/predict` load with its key; the two are run in
-turn, ROUNDS times each, and printed side by side.
+turn, `--rounds` times each, and printed side by side.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from tests.servers import MlflowServer, start_inference_api, wait_until  # noqa:
 
 PREDICT_RPS, PREDICT_P99_MS, BATCH_ROWS_PER_S, WORKER_RSS_MB = 1_500, 60.0, 200_000, 400.0
 BATCH_ROWS = 1_000
-ROUNDS = 2  # runs of each side of the key comparison, alternated so both meet the same background load
 # Each request takes the next body of the file `bodies` (one per line), round robin.
 ROTATING_BODIES = """
 local bodies, i = {}, 0
@@ -158,18 +157,32 @@ def start_api(folder: Path, mlflow_url: str, version: str, workers: int, extra: 
 
 
 def compare_keys(folder: Path, open_api: tuple[str, list[int]], keyed_api: tuple[str, list[int]], key: str,
-                 duration: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
-    """`/predict` without and with key checking, ROUNDS runs each, alternated; the figures of every run."""
+                 duration: int, rounds: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+    """`/predict` without and with key checking, `rounds` runs each, alternated; the figures of every run."""
     singles = [json.dumps(request_body(r)) for r in synthetic_dataset(1_000, seed=3).to_dict(orient="records")]
     scripts = {"without keys": (write_script(folder, "open", singles, "application/json"), *open_api),
                "with a key": (write_script(folder, "keyed", singles, "application/json", key), *keyed_api)}  # fmt: skip
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
     for name, (script, url, workers) in scripts.items():
         run_wrk(f"{url}/predict", script, 3, workers)  # warm-up
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, (script, url, workers) in scripts.items():
             runs[name].append(run_wrk(f"{url}/predict", script, duration, workers))
     return runs
+
+
+def key_check_microseconds(entries: str, key: str, calls: int = 200_000) -> float:
+    """The check alone, in this process: hash the presented key, find its caller, check its right."""
+    import timeit
+
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from readmission.serving.app import AccessControl
+
+    access = AccessControl(Settings(_env_file=None, api_keys=entries))
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+    seconds = min(timeit.repeat(lambda: access.admit(access.caller(credentials), "predict"), number=calls, repeat=3))
+    return seconds / calls * 1e6
 
 
 def print_key_comparison(runs: dict[str, list[dict[str, float]]]) -> None:
@@ -188,6 +201,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per endpoint")
     parser.add_argument("--workers", type=int, default=2, help="API_WORKERS")
     parser.add_argument("--api-keys", action="store_true", help="also compare /predict without and with an API key")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side of the key comparison")
     parser.add_argument("--predict-only", action="store_true", help="leave out the batch endpoints")
     args = parser.parse_args()
     results: dict[str, dict] = {}
@@ -207,7 +221,8 @@ def main() -> int:
             keyed, keyed_url, keyed_workers = start_api(folder / "keyed", mlflow_server.url, version, args.workers,
                                                         {"API_KEYS": entries})  # fmt: skip
             servers.callback(keyed.stop)
-            key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration)
+            key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration,
+                                    args.rounds)
             keyed.stop()
         for name, (script, path, rows_per_request) in request_scripts(folder).items():
             if args.predict_only and path != "/predict":
@@ -226,6 +241,7 @@ def main() -> int:
         memory = resident_mb(workers)
     if args.api_keys:
         print_key_comparison(key_runs)
+        print(f"the key check alone: {key_check_microseconds(entries, key):.2f} µs per request (in-process, best of 3)")
     for pid, (resident, peak) in memory.items():
         print(f"worker {pid}: resident {loaded[pid][0]:.0f} MB with the model loaded, {resident:.0f} MB after the runs "
               f"(peak {peak:.0f} MB)")  # fmt: skip
