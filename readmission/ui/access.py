@@ -55,7 +55,8 @@ def signed_in_user(settings: Settings) -> bool:
     if not st.user.is_logged_in:
         st.title("Readmission risk")
         st.info("Sign in with your hospital account to use the readmission risk tools.", icon=":material/lock:")
-        st.button("Sign in", type="primary", icon=":material/login:", on_click=st.login, key="sign_in")
+        if st.button("Sign in", type="primary", icon=":material/login:", key="sign_in"):
+            st.login()
         return False
     claims = st.user.to_dict()
     who = str(claims.get("email") or claims.get("name") or claims.get("sub") or "you")
@@ -67,9 +68,11 @@ def signed_in_user(settings: Settings) -> bool:
             "add your department.",
             icon=":material/block:",
         )
-        st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="sign_out_refused")
+        if st.button("Sign out", icon=":material/logout:", key="sign_out_refused"):
+            st.logout()
         return False
     with st.sidebar:
         st.caption(f"Signed in as **{who}**")
-        st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="sign_out")
+        if st.button("Sign out", icon=":material/logout:", key="sign_out"):
+            st.logout()
     return True
