@@ -11,6 +11,7 @@
 #    secrets.env.example when it does not exist yet: every value `generate` becomes a random
 #    URL-safe string (a Fernet key for *_FERNET_KEY); API_KEY becomes a new API key and
 #    API_KEYS the entry `ui:<its SHA-256>` (API_KEY must come first); other values are copied.
+#    An overlay with ui-auth.toml.example (prod: the UI's sign-in) gets ui-auth.toml the same way.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -61,6 +62,11 @@ for overlay in "$@"; do
     example="$here/overlays/$overlay/secrets.env.example"
     target="$here/overlays/$overlay/secrets.env"
     [ -f "$example" ] || { echo "prepare.sh: no overlay $overlay ($example is missing)" >&2; exit 1; }
+    auth="$here/overlays/$overlay/ui-auth.toml"
+    if [ -f "$auth.example" ] && [ ! -f "$auth" ]; then
+        (umask 077; sed "s/= \"generate\"/= \"$(random_value COOKIE_SECRET)\"/" "$auth.example" > "$auth")
+        echo "prepare.sh: wrote $auth: set the OpenID Connect provider's and the UI client's values in it"
+    fi
     if [ -f "$target" ]; then
         echo "prepare.sh: $target exists, kept as it is"
         continue

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 def tree(tmp_path_factory) -> Path:
     """A copy of kubernetes/ and the files it reads, after `prepare.sh local prod` (random secrets)."""
     root = tmp_path_factory.mktemp("repository")
-    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
     for name in SHARED_FILES:
         source = REPO_ROOT / name
         if source.is_dir():
@@ -433,7 +433,7 @@ def test_prepare_writes_random_url_safe_secrets_and_keeps_existing_ones(tree, se
 
 
 def test_prepare_names_the_missing_file_when_the_observability_files_are_absent(tmp_path):
-    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
     result = subprocess.run(["sh", str(tmp_path / "kubernetes" / "prepare.sh")], capture_output=True, text=True)
     assert result.returncode != 0 and "prometheus.yml is missing" in result.stderr
     assert not (tmp_path / "kubernetes" / "base" / "shared").exists()
@@ -820,3 +820,23 @@ def test_the_api_takes_its_keys_and_the_ui_its_key_from_the_secret_and_prod_refu
         values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
         assert well_formed(values["API_KEY"])
         assert parse_api_keys(values["API_KEYS"])[key_hash(values["API_KEY"])].name == "ui"
+
+
+def test_prod_signs_clinicians_in_with_the_auth_secret_mounted_where_streamlit_reads_it(rendered, tree):
+    import tomllib
+
+    deployment = named(rendered["prod"], "Deployment")["streamlit"]
+    env = env_of(rendered["prod"], "streamlit")
+    assert env["UI_SIGN_IN"]["value"] == "true" and (env["UI_ALLOWED_DOMAINS"]["value"] or env["UI_ALLOWED_GROUPS"])
+    (container,) = pod_spec(deployment)["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    home = env["HOME"]["value"]
+    mount = mounts[f"{home}/.streamlit/secrets.toml"]
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    secret = named(rendered["prod"], "Secret")[volume["secret"]["secretName"]]
+    auth = tomllib.loads(base64.b64decode(secret["data"][mount["subPath"]]).decode())["auth"]
+    assert {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"} <= set(auth)
+    assert auth["redirect_uri"].startswith("https://") and auth["cookie_secret"] != "generate"
+    ui_host = named(rendered["prod"], "Ingress")["ui"]["spec"]["rules"][0]["host"]
+    assert auth["redirect_uri"] == f"https://{ui_host}/oauth2callback"
+    assert "UI_SIGN_IN" not in env_of(rendered["local"], "streamlit")
