@@ -52,13 +52,13 @@ def signed_in_user(settings: Settings) -> bool:
     """
     if not settings.ui_sign_in:
         return True
-    if not st.user.is_logged_in:
+    claims = st.user.to_dict()  # the ID token's claims and `is_logged_in` (empty outside a server, e.g. AppTest)
+    if not claims.get("is_logged_in"):
         st.title("Readmission risk")
         st.info("Sign in with your hospital account to use the readmission risk tools.", icon=":material/lock:")
         if st.button("Sign in", type="primary", icon=":material/login:", key="sign_in"):
             st.login()
         return False
-    claims = st.user.to_dict()
     who = str(claims.get("email") or claims.get("name") or claims.get("sub") or "you")
     if not may_enter(claims, settings):
         log.warning("a signed-in user outside UI_ALLOWED_DOMAINS / UI_ALLOWED_GROUPS was refused")
