@@ -17,7 +17,11 @@ The targets are checked on the measured figures, which fall with whatever else r
 machine; the requests served per worker CPU-second (and the throughput they imply on the
 cores wrk leaves free) do not, and are printed too.
 
-    .venv/bin/python benchmarks/serving_throughput.py [--duration 20] [--workers 2]
+    .venv/bin/python benchmarks/serving_throughput.py [--duration 20] [--workers 2] [--api-keys] [--predict-only]
+
+`--api-keys` measures the cost of key checking: a second API, the same but requiring an API key
+(API_KEYS with three entries), serves the same `/predict` load with its key; the two are run in
+turn, `--rounds` times each, and printed side by side.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import resource
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -41,6 +46,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from readmission.config import Settings  # noqa: E402 - needs the repository root on sys.path
 from readmission.dataset import synthetic_dataset  # noqa: E402
 from readmission.loadtest import request_body  # noqa: E402
+from readmission.serving.auth import key_hash, new_key  # noqa: E402
 from tests.factories import labelled_encounters, metric  # noqa: E402
 from tests.servers import MlflowServer, start_inference_api, wait_until  # noqa: E402
 
@@ -52,6 +58,7 @@ local bodies, i = {}, 0
 for line in io.lines("%s") do bodies[#bodies + 1] = line:gsub("\\\\n", "\\n") end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "%s"
+%s
 request = function()
   i = i %% #bodies + 1
   return wrk.format(nil, nil, nil, bodies[i])
@@ -74,12 +81,14 @@ def register_reference_model(settings: Settings) -> str:
     return version
 
 
-def write_script(folder: Path, name: str, bodies: list[str], content_type: str) -> Path:
-    """A wrk Lua script posting `bodies` in turn (newlines inside a body are escaped in the file)."""
+def write_script(folder: Path, name: str, bodies: list[str], content_type: str, api_key: str = "") -> Path:
+    """A wrk Lua script posting `bodies` in turn (newlines inside a body are escaped in the file), with
+    `api_key` as bearer token when given."""
     lines = folder / f"{name}.bodies"
     lines.write_text("\n".join(body.replace("\n", "\\n") for body in bodies) + "\n")
     script = folder / f"{name}.lua"
-    script.write_text(ROTATING_BODIES % (lines, content_type))
+    authorization = f'wrk.headers["Authorization"] = "Bearer {api_key}"' if api_key else ""
+    script.write_text(ROTATING_BODIES % (lines, content_type, authorization))
     return script
 
 
@@ -139,10 +148,89 @@ def resident_mb(pids: list[int]) -> dict[int, tuple[float, float]]:
             for pid, text in status.items()}  # fmt: skip
 
 
+def start_api(folder: Path, mlflow_url: str, version: str, workers: int, extra: dict[str, str] | None = None):
+    """The API with its image's command, once every worker serves `version`: (server, url, worker pids)."""
+    api, url = start_inference_api({"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_POLL_SECONDS": "3600", **(extra or {})},
+                                   folder, workers=workers)  # fmt: skip
+    wait_until(lambda: metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info",
+                              version=version) == workers, timeout=180, what="every worker to load the model")  # fmt: skip
+    return api, url, [child.pid for child in psutil.Process(api.process.pid).children()]
+
+
+def compare_keys(folder: Path, open_api: tuple[str, list[int]], keyed_api: tuple[str, list[int]], key: str,
+                 duration: int, rounds: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+    """`/predict` without and with key checking, `rounds` runs each, alternated; the figures of every run."""
+    singles = [json.dumps(request_body(r)) for r in synthetic_dataset(1_000, seed=3).to_dict(orient="records")]
+    scripts = {"without keys": (write_script(folder, "open", singles, "application/json"), *open_api),
+               "with a key": (write_script(folder, "keyed", singles, "application/json", key), *keyed_api)}  # fmt: skip
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
+    for name, (script, url, workers) in scripts.items():
+        run_wrk(f"{url}/predict", script, 3, workers)  # warm-up
+    for _ in range(rounds):
+        for name, (script, url, workers) in scripts.items():
+            runs[name].append(run_wrk(f"{url}/predict", script, duration, workers))
+    return runs
+
+
+def key_check_microseconds(entries: str, key: str, calls: int = 200_000) -> float:
+    """The check alone, in this process: hash the presented key, find its caller, check its right."""
+    import timeit
+
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    from readmission.serving.app import AccessControl
+
+    access = AccessControl(Settings(_env_file=None, api_keys=entries))
+    credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+    seconds = min(timeit.repeat(lambda: access.admit(access.caller(credentials), "predict"), number=calls, repeat=3))
+    return seconds / calls * 1e6
+
+
+def key_route_microseconds(entries: str, key: str, calls: int = 5_000, rounds: int = 3) -> tuple[float, float]:
+    """`GET /model` in-process (httpx's ASGI transport, no network, no model: a 503 after the checks) without and
+    with keys: the best microseconds per request of `rounds` alternated runs each, FastAPI's dependency included."""
+    import asyncio
+
+    import httpx
+
+    from readmission.serving.app import create_app
+
+    async def per_request(app, headers: dict[str, str]) -> float:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            for _ in range(200):
+                await client.get("/model", headers=headers)
+            started = time.perf_counter()
+            for _ in range(calls):
+                await client.get("/model", headers=headers)
+            return (time.perf_counter() - started) / calls * 1e6
+
+    plain = create_app(Settings(_env_file=None))
+    keyed = create_app(Settings(_env_file=None, api_keys=entries))
+    sides: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        sides[0].append(asyncio.run(per_request(plain, {})))
+        sides[1].append(asyncio.run(per_request(keyed, {"Authorization": f"Bearer {key}"})))
+    return min(sides[0]), min(sides[1])
+
+
+def print_key_comparison(runs: dict[str, list[dict[str, float]]]) -> None:
+    for name, figures in runs.items():
+        for number, f in enumerate(figures, start=1):
+            print(f"POST /predict {name}, run {number}: {f['requests_per_s']:,.0f} requests/s, p50 {f['p50_ms']:.2f} ms, "
+                  f"p99 {f['p99_ms']:.2f} ms, non-2xx {f['errors']:.0f}, "
+                  f"{f['requests'] / f['worker_cpu_s']:,.0f} requests per worker CPU-second", flush=True)  # fmt: skip
+    (without, with_key) = ([f["requests"] / f["worker_cpu_s"] for f in runs[n]] for n in runs)
+    per_request_us = (1 / (sum(with_key) / len(with_key)) - 1 / (sum(without) / len(without))) * 1e6
+    print(f"key checking costs {per_request_us:+.1f} µs of worker CPU per /predict request (mean over the runs)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=20, help="seconds of load per endpoint")
     parser.add_argument("--workers", type=int, default=2, help="API_WORKERS")
+    parser.add_argument("--api-keys", action="store_true", help="also compare /predict without and with an API key")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side of the key comparison")
+    parser.add_argument("--predict-only", action="store_true", help="leave out the batch endpoints")
     args = parser.parse_args()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="serving-benchmark-") as scratch, ExitStack() as servers:
@@ -152,14 +240,21 @@ def main() -> int:
         settings = Settings(_env_file=None, data_dir=folder / "client", mlflow_tracking_uri=mlflow_server.url)
         print("training and registering the reference model ...", flush=True)
         version = register_reference_model(settings)
-        api, url = start_inference_api({"MLFLOW_TRACKING_URI": mlflow_server.url, "MODEL_POLL_SECONDS": "3600"},
-                                       folder, workers=args.workers)  # fmt: skip
+        api, url, workers = start_api(folder, mlflow_server.url, version, args.workers)
         servers.callback(api.stop)
-        wait_until(lambda: metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info",
-                                  version=version) == args.workers, timeout=180, what="every worker to load the model")  # fmt: skip
-        workers = [child.pid for child in psutil.Process(api.process.pid).children()]
         loaded = resident_mb(workers)
+        if args.api_keys:
+            key = new_key("benchmark")[0]
+            entries = ",".join([new_key("ui")[1], f"benchmark:{key_hash(key)}", new_key("batch")[1]])
+            keyed, keyed_url, keyed_workers = start_api(folder / "keyed", mlflow_server.url, version, args.workers,
+                                                        {"API_KEYS": entries})  # fmt: skip
+            servers.callback(keyed.stop)
+            key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration,
+                                    args.rounds)
+            keyed.stop()
         for name, (script, path, rows_per_request) in request_scripts(folder).items():
+            if args.predict_only and path != "/predict":
+                continue
             run_wrk(f"{url}{path}", script, 3, workers)  # warm-up
             figures = results[name] = run_wrk(f"{url}{path}", script, args.duration, workers)
             figures["rows_per_s"] = figures["requests_per_s"] * rows_per_request
@@ -172,6 +267,12 @@ def main() -> int:
                   f"{figures['requests'] / figures['worker_cpu_s']:,.0f} requests per worker CPU-second, so "
                   f"{figures['capacity_rows_per_s']:,.0f} rows/s on {cores:.2f} free cores", flush=True)  # fmt: skip
         memory = resident_mb(workers)
+    if args.api_keys:
+        print_key_comparison(key_runs)
+        print(f"the key check alone: {key_check_microseconds(entries, key):.2f} µs per request (in-process, best of 3)")
+        without, with_key = key_route_microseconds(entries, key)
+        print(f"GET /model in-process (503, no model): {without:.1f} µs without keys, {with_key:.1f} µs with a key: "
+              f"{with_key - without:+.1f} µs for the check and its FastAPI dependency")
     for pid, (resident, peak) in memory.items():
         print(f"worker {pid}: resident {loaded[pid][0]:.0f} MB with the model loaded, {resident:.0f} MB after the runs "
               f"(peak {peak:.0f} MB)")  # fmt: skip
@@ -180,7 +281,7 @@ def main() -> int:
         f"/predict >= {PREDICT_RPS:,} requests/s": single["requests_per_s"] >= PREDICT_RPS,
         f"/predict p99 <= {PREDICT_P99_MS:.0f} ms": single["p99_ms"] <= PREDICT_P99_MS,
         f"/predict/batch >= {BATCH_ROWS_PER_S:,} rows/s (best format)":
-            max(r["rows_per_s"] for n, r in results.items() if "batch" in n) >= BATCH_ROWS_PER_S,
+            max((r["rows_per_s"] for n, r in results.items() if "batch" in n), default=0) >= BATCH_ROWS_PER_S,
         f"resident memory <= {WORKER_RSS_MB:.0f} MB per worker": max(r for r, _ in memory.values()) <= WORKER_RSS_MB,
         "no failed request": all(r["errors"] == 0 and r["socket_errors"] == "none" for r in results.values()),
     }  # fmt: skip

@@ -135,6 +135,34 @@ def _airflow(args: argparse.Namespace, settings: Settings) -> int:
     return airflow_standalone.run(settings)
 
 
+def _apikey_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    new = actions.add_parser("new", help="make a key for the program NAME; print it once, and its API_KEYS entry")
+    new.add_argument("name", metavar="NAME", help="who holds the key (lower-case letters, digits, . _ -)")
+    new.add_argument(
+        "--rights",
+        choices=["predict", "model", "predict+model"],
+        default="predict+model",
+        help="routes the key opens: /predict and /predict/batch, /model, or both (default)",
+    )
+
+
+def _apikey(args: argparse.Namespace, settings: Settings) -> int:
+    from readmission.serving.auth import new_key
+
+    key, entry = new_key(args.name)
+    if args.rights != "predict+model":
+        entry += f":{args.rights}"
+    print(f"key: {key}")
+    print(f"API_KEYS entry: {entry}")
+    print(
+        "The key is shown only now and stored nowhere: give it to the program (its API_KEY setting). Append the "
+        "entry to API_KEYS in the inference API's Secret (entries are comma-separated).",
+        file=sys.stderr,
+    )
+    return 0
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("demo", "the whole platform on embedded defaults: data API, DAG runs, inference API, UI", _demo),
     Subcommand("airflow", "Airflow's scheduler and UI (AIRFLOW_PORT) with diabetes_pipeline, and a data API", _airflow),
@@ -150,6 +178,7 @@ SUBCOMMANDS: list[Subcommand] = [
     ),
     Subcommand("train", "train on the stored clean data, log and register the model, run the promotion gate", _train),
     Subcommand("model", "the registered model's versions: list, promote VERSION, rollback", _model, _model_arguments),
+    Subcommand("apikey", "API keys of the inference API: new NAME", _apikey, _apikey_arguments),
 ]
 
 

@@ -127,6 +127,35 @@ class Settings(BaseSettings):
     loadtest_pool_rows: int = Field(2_000, gt=0, description="Encounters sampled into the request pool.")
     loadtest_report_dir: Path = Field(Path("reports/loadtest"), description="CSV, HTML and markdown reports.")
 
+    # --- access control -----------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Keys the inference API accepts on /predict, "
+        "/predict/batch and /model: name:sha256hex[:rights],... (`readmission apikey new`); "
+        "empty: no key needed.",
+    )
+    require_api_keys: bool = Field(False, description="Refuse to start the inference API without API_KEYS (prod).")
+    api_rate_limit: float = Field(0.0, ge=0, description="Requests per second per API key; 0: no limit.")
+    api_key: SecretStr = Field(SecretStr(""), description="The key this client (the UI, Locust) presents to API_URL.")
+    ui_sign_in: bool = Field(
+        False,
+        description="The UI signs clinicians in with the OpenID Connect provider of "
+        ".streamlit/secrets.toml [auth]; nothing is shown before.",
+    )
+    ui_allowed_domains: str = Field("", description="E-mail domains that may enter the UI, comma-separated.")
+    ui_allowed_groups: str = Field("", description="Groups (UI_GROUPS_CLAIM of the ID token) that may enter the UI.")
+    ui_groups_claim: str = Field("groups", description="The ID token claim listing a user's groups.")
+    data_api_admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the data API's POST /restart; empty: restarting over HTTP is disabled.",
+    )
+    data_api_allowed_cidr: str = Field(
+        "",
+        description="The only CIDR the data API's security group opens port "
+        "DATA_API_PORT to (the Airflow workers' egress).",
+    )
+    data_api_security_group: str = Field("ec2-data-api", description="Name of the data API's security group.")
+
     # --- deployment secrets: read by docker-compose.yaml and kubernetes/ (the containers), not by Python;
     # they go into database URLs, so use only letters, digits and . _ ~ - ----------------------------------
     mysql_root_password: SecretStr = Field(SecretStr(""), description="MySQL's root (docker-compose, Kubernetes).")

@@ -9,13 +9,18 @@ the stored bytes as they are.
     GET  /get_data            the current batch; it advances every BATCH_INTERVAL_SECONDS
                               from start-up, and is 410 Gone once every batch has been served
     GET  /get_data?batch=N    batch N, whatever the time (404 if there is no batch N)
-    POST /restart             start over from batch 1, now
+    POST /restart             start over from batch 1, now (bearer token DATA_API_ADMIN_TOKEN)
     GET  /health              status, total_batches, current_batch
 
 A batch body is `{"batch_number", "total_batches", "batch_size", "rows": [...]}` where
 `batch_size` is the configured BATCH_SIZE (the last batch may hold fewer rows) and each
 row maps the data set's column names to the file's strings (`?` and `None` included);
 an empty cell is `null`. The batch clock lives in the process: run ONE worker.
+
+`POST /restart` resets the rotation for every reader, so it needs the bearer token
+`DATA_API_ADMIN_TOKEN` (401 without one, 403 with a wrong one, 403 when no token is set: then
+only restarting the process starts over). `GET /get_data` and `/health` stay open, as the
+design has them; the security group opens the port only to the Airflow workers.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import gzip
 import logging
 import math
 import re
+import secrets
 import time
 import zlib
 from collections.abc import Callable
@@ -150,11 +156,29 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             return number
         number = number or feed.current()
         if number is None:
-            return json_error(410, "exhausted", f"all {feed.total} batches have been served; POST /restart to start over")
+            return json_error(
+                410, "exhausted", f"all {feed.total} batches have been served; POST /restart to start over"
+            )
         return _gzip_response(feed.bodies[number - 1])
+
+    admin_token = settings.data_api_admin_token.get_secret_value()
 
     @app.post("/restart")
     def restart() -> flask.Response:
+        if not admin_token:
+            return json_error(
+                403,
+                "forbidden",
+                "restarting over HTTP is disabled because DATA_API_ADMIN_TOKEN is not "
+                "set; restart the service to start over from batch 1",
+            )
+        scheme, _, token = flask.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            response = json_error(401, "unauthorized", "a bearer token (DATA_API_ADMIN_TOKEN) is required")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if not secrets.compare_digest(token.encode(), admin_token.encode()):
+            return json_error(403, "forbidden", "wrong admin token")
         feed.restart()
         return flask.jsonify(status="restarted", current_batch=feed.current(), total_batches=feed.total)
 

@@ -36,6 +36,12 @@ class _ServiceUser(FastHttpUser):
     abstract = True
     host = SETTINGS.api_url
     wait_time = between(0.5 * SETTINGS.loadtest_think_seconds, 1.5 * SETTINGS.loadtest_think_seconds)
+    # API_KEY: the load test's own key, when the service requires keys (API_KEYS).
+    default_headers = (
+        {"Authorization": f"Bearer {SETTINGS.api_key.get_secret_value()}"}
+        if SETTINGS.api_key.get_secret_value()
+        else None
+    )
 
 
 class Clinician(_ServiceUser):

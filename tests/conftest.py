@@ -260,3 +260,13 @@ def _restore_mlflow_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = _PRISTINE_TRACKING_URI
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's, installed by `make test`) with a fresh profile, for the UI tests."""
+    from tests.browser import chromium
+
+    driver = chromium(tmp_path / "chromium-profile")
+    yield driver
+    driver.quit()

@@ -311,8 +311,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_API_DOCKERFILE = REPO_ROOT / "ec2_api" / "Dockerfile"
 
 
-def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_000,
-                   interval: float = 300.0) -> tuple[ServerProcess, str]:  # fmt: skip
+def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_000, interval: float = 300.0,
+                   admin_token: str = "") -> tuple[ServerProcess, str]:  # fmt: skip
     """Start the data API on a free 127.0.0.1 port with its image's command (gunicorn, one worker, `ec2_api.app:app`).
 
     Returns the started server (call `.stop()` when done) and its base URL. The batch
@@ -320,6 +320,7 @@ def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_
     """
     port = free_port()
     env = {"DATASET_PATH": str(dataset_path), "BATCH_SIZE": str(batch_size), "BATCH_INTERVAL_SECONDS": str(interval)}
+    env["DATA_API_ADMIN_TOKEN"] = admin_token
     server = ServerProcess(run_locally(image_command(DATA_API_DOCKERFILE), DATA_API_DOCKERFILE, port),
                            f"http://127.0.0.1:{port}/health", log_dir / f"data-api-{port}.log", env=env, cwd=REPO_ROOT)
     return server.start(), f"http://127.0.0.1:{port}"

@@ -17,6 +17,8 @@ from readmission.sources import SourceExhausted, fetch_batch, rows_frame
 from tests.servers import start_data_api, wait_until
 
 INTERVAL = 60.0
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 class FakeClock:
@@ -45,9 +47,14 @@ def strict_json(text: str | bytes):
 def serve(make_settings, synthetic_csv):
     """Build the data API on a data set file with a fake clock: serve(batch_size=...) -> (client, clock)."""
 
-    def factory(batch_size: int = 1_000, dataset_path=synthetic_csv):
+    def factory(batch_size: int = 1_000, dataset_path=synthetic_csv, admin_token: str = ADMIN_TOKEN):
         clock = FakeClock()
-        settings = make_settings(dataset_path=str(dataset_path), batch_size=batch_size, batch_interval_seconds=INTERVAL)
+        settings = make_settings(
+            dataset_path=str(dataset_path),
+            batch_size=batch_size,
+            batch_interval_seconds=INTERVAL,
+            data_api_admin_token=admin_token,
+        )
         return create_app(settings, clock=clock).test_client(), clock
 
     return factory
@@ -137,13 +144,38 @@ def test_restart_starts_over_from_batch_one(serve):
     client, clock = serve(batch_size=1_000)
     clock.advance(10 * INTERVAL)
 
-    response = client.post("/restart")
+    response = client.post("/restart", headers=ADMIN)
 
     assert response.status_code == 200
     assert strict_json(response.text)["current_batch"] == 1
     assert get_batch(client)["batch_number"] == 1
     clock.advance(INTERVAL)
     assert get_batch(client)["batch_number"] == 2
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [({}, 401), ({"Authorization": "Bearer guess"}, 403), ({"Authorization": f"Basic {ADMIN_TOKEN}"}, 401)],
+)
+def test_restart_without_the_admin_token_is_refused_and_changes_nothing(serve, headers, status):
+    client, clock = serve(batch_size=1_000)
+    clock.advance(2 * INTERVAL)
+
+    response = client.post("/restart", headers=headers)
+
+    assert response.status_code == status and set(strict_json(response.text)) == {"error", "message"}
+    assert get_batch(client)["batch_number"] == 3
+    assert client.get("/health").status_code == 200 and client.get("/get_data?batch=1").status_code == 200
+
+
+def test_restart_over_http_is_disabled_without_an_admin_token(serve):
+    client, clock = serve(batch_size=1_000, admin_token="")
+    clock.advance(2 * INTERVAL)
+
+    response = client.post("/restart", headers={"Authorization": "Bearer "})
+
+    assert response.status_code == 403 and "DATA_API_ADMIN_TOKEN is not set" in strict_json(response.text)["message"]
+    assert get_batch(client)["batch_number"] == 3
 
 
 def test_a_named_batch_is_served_whatever_the_time(serve):
@@ -280,13 +312,13 @@ def test_the_gunicorn_server_gzips_for_gzip_clients_and_answers_json_errors(data
 
 
 def test_the_gunicorn_server_says_when_it_is_exhausted_and_starts_over(synthetic_csv, tmp_path):
-    server, url = start_data_api(synthetic_csv, tmp_path, batch_size=4_000, interval=0.5)
+    server, url = start_data_api(synthetic_csv, tmp_path, batch_size=4_000, interval=0.5, admin_token=ADMIN_TOKEN)
     try:
         wait_until(lambda: requests.get(f"{url}/health").json()["exhausted"], timeout=30, what="exhaustion")
         with pytest.raises(SourceExhausted, match="restart"):
             fetch_batch(url)
 
-        restarted = requests.post(f"{url}/restart")
+        restarted = requests.post(f"{url}/restart", headers=ADMIN)
 
         assert restarted.status_code == 200
         assert restarted.json()["total_batches"] == 1

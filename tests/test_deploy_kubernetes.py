@@ -48,7 +48,7 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 def tree(tmp_path_factory) -> Path:
     """A copy of kubernetes/ and the files it reads, after `prepare.sh local prod` (random secrets)."""
     root = tmp_path_factory.mktemp("repository")
-    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
     for name in SHARED_FILES:
         source = REPO_ROOT / name
         if source.is_dir():
@@ -174,7 +174,7 @@ def test_each_overlay_renders_every_part_of_the_stack(objects):
         ("PodDisruptionBudget", "inference-api"), ("Deployment", "streamlit"),
         ("Deployment", "prometheus"), ("Deployment", "pushgateway"), ("Deployment", "statsd-exporter"),
         ("Deployment", "grafana"), ("DaemonSet", "node-exporter"), ("Service", "node-exporter"),
-        ("NetworkPolicy", "same-namespace-only"),
+        ("NetworkPolicy", "default-deny-ingress"),
     }  # fmt: skip
     assert expected <= present, f"missing: {sorted(expected - present)}"
     namespaced = [o for o in objects if o["kind"] != "Namespace"]
@@ -425,7 +425,7 @@ def test_the_secret_examples_list_settings_and_exactly_the_keys_the_manifests_us
 
 def test_prepare_writes_random_url_safe_secrets_and_keeps_existing_ones(tree, secret_values):
     assert len(set(secret_values)) == len(secret_values) and all(len(v) >= 32 for v in secret_values)
-    assert all(re.fullmatch(r"[A-Za-z0-9._~=-]+", value) for value in secret_values)
+    assert all(re.fullmatch(r"[A-Za-z0-9._~=-]+", value) for value in secret_values if not value.startswith("ui:"))
     local = tree / "kubernetes" / "overlays" / "local" / "secrets.env"
     before = local.read_text()
     subprocess.run(["sh", str(tree / "kubernetes" / "prepare.sh"), "local"], check=True, capture_output=True)
@@ -433,7 +433,7 @@ def test_prepare_writes_random_url_safe_secrets_and_keeps_existing_ones(tree, se
 
 
 def test_prepare_names_the_missing_file_when_the_observability_files_are_absent(tmp_path):
-    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "shared"))
+    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
     result = subprocess.run(["sh", str(tmp_path / "kubernetes" / "prepare.sh")], capture_output=True, text=True)
     assert result.returncode != 0 and "prometheus.yml is missing" in result.stderr
     assert not (tmp_path / "kubernetes" / "base" / "shared").exists()
@@ -676,3 +676,167 @@ def test_grafana_reads_prometheus_and_the_dashboards_where_the_deployment_puts_t
     dashboards = named(objects, "ConfigMap")
     dashboard_map = next(c for name, c in dashboards.items() if name.startswith("grafana-dashboards"))
     assert set(dashboard_map["data"]) == {p.name for p in (REPO_ROOT / "grafana" / "dashboards").glob("*.json")}
+
+
+# --- access control: the API key, the Ingresses, the network policies --------------------------------
+
+INGRESS_CONTROLLER = ({"kubernetes.io/metadata.name": "ingress-nginx"}, {"app.kubernetes.io/name": "ingress-nginx"})
+NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "readmission"}
+AIRFLOW = {"app.kubernetes.io/component": "airflow", "app.kubernetes.io/name": "airflow-scheduler"}
+# (who, whose pods, port, protocol): every connection the platform makes inside the cluster.
+ALLOWED = [
+    ("ingress controller", "streamlit", 8501, "TCP"), ("ingress controller", "inference-api", 8000, "TCP"),
+    ("streamlit", "inference-api", 8000, "TCP"), ("streamlit", "mlflow", 5000, "TCP"),
+    ("prometheus", "inference-api", 8000, "TCP"), ("prometheus", "pushgateway", 9091, "TCP"),
+    ("prometheus", "statsd-exporter", 9102, "TCP"), ("prometheus", "node-exporter", 9100, "TCP"),
+    ("grafana", "prometheus", 9090, "TCP"),
+    ("airflow", "inference-api", 8000, "TCP"), ("airflow", "mlflow", 5000, "TCP"), ("airflow", "mysql", 3306, "TCP"),
+    ("airflow", "postgres", 5432, "TCP"), ("airflow", "minio", 9000, "TCP"), ("airflow", "data-api", 5001, "TCP"),
+    ("airflow", "pushgateway", 9091, "TCP"), ("airflow", "statsd-exporter", 9125, "UDP"),
+    ("airflow", "airflow-api-server", 8080, "TCP"), ("airflow", "airflow-scheduler", 8793, "TCP"),
+    ("mlflow", "mysql", 3306, "TCP"), ("mlflow", "minio", 9000, "TCP"), ("inference-api", "mlflow", 5000, "TCP"),
+    ("minio-create-buckets", "minio", 9000, "TCP"),
+]  # fmt: skip
+DENIED = [
+    ("ingress controller", "mlflow", 5000, "TCP"), ("ingress controller", "grafana", 3000, "TCP"),
+    ("ingress controller", "airflow-api-server", 8080, "TCP"), ("ingress controller", "prometheus", 9090, "TCP"),
+    ("ingress controller", "minio", 9001, "TCP"), ("ingress controller", "mysql", 3306, "TCP"),
+    ("another namespace", "inference-api", 8000, "TCP"), ("another namespace", "streamlit", 8501, "TCP"),
+    ("streamlit", "mysql", 3306, "TCP"), ("streamlit", "minio", 9000, "TCP"), ("inference-api", "mysql", 3306, "TCP"),
+    ("data-api", "inference-api", 8000, "TCP"), ("grafana", "inference-api", 8000, "TCP"),
+    ("streamlit", "airflow-api-server", 8080, "TCP"), ("inference-api", "data-api", 5001, "TCP"),
+    ("airflow", "grafana", 3000, "TCP"), ("airflow", "streamlit", 8501, "TCP"), ("prometheus", "mysql", 3306, "TCP"),
+]  # fmt: skip
+
+
+def peer_labels(objects: list[dict], who: str) -> tuple[dict, dict]:
+    """(namespace labels, pod labels) of a source of connections."""
+    if who == "ingress controller":
+        return INGRESS_CONTROLLER
+    if who == "another namespace":
+        return {"kubernetes.io/metadata.name": "default"}, {"app.kubernetes.io/name": "inference-api"}
+    if who == "airflow":
+        return NAMESPACE_LABELS, AIRFLOW
+    workload = next(w for w in workloads(objects) if w["metadata"]["name"] == who)
+    return NAMESPACE_LABELS, pod_labels(workload)
+
+
+def target_labels(objects: list[dict], whose: str) -> dict:
+    if whose == "postgres":  # kubernetes/base/postgres.yaml (Airflow's metadata database) carries this label
+        return {"app.kubernetes.io/name": "postgres"}
+    return pod_labels(next(w for w in workloads(objects) if w["metadata"]["name"] == whose))
+
+
+def peer_admits(peer: dict, namespace: dict, labels: dict) -> bool:
+    """A NetworkPolicy `from` peer: a podSelector alone means this namespace; with a namespaceSelector, those."""
+    if "ipBlock" in peer:
+        return False
+    namespaces = peer.get("namespaceSelector")
+    in_namespace = matches(namespaces, namespace) if namespaces is not None else namespace == NAMESPACE_LABELS
+    return in_namespace and matches(peer.get("podSelector", {}), labels)
+
+
+def connection_allowed(objects: list[dict], who: str, whose: str, port: int, protocol: str) -> bool:
+    """Whether the namespace's NetworkPolicies let `who` open `port` of `whose` pods (numbered ports only)."""
+    namespace, labels = peer_labels(objects, who)
+    target = target_labels(objects, whose)
+    applying = [p for p in named(objects, "NetworkPolicy").values()
+                if "Ingress" in p["spec"]["policyTypes"] and matches(p["spec"]["podSelector"], target)]  # fmt: skip
+    if not applying:
+        return True
+    for policy in applying:
+        for rule in policy["spec"].get("ingress", []):
+            source = any(peer_admits(peer, namespace, labels) for peer in rule.get("from", [])) if "from" in rule \
+                else True  # fmt: skip
+            ports = rule.get("ports")
+            reached = ports is None or any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
+                                           for p in ports)  # fmt: skip
+            if source and reached:
+                return True
+    return False
+
+
+@pytest.mark.parametrize(("who", "whose", "port", "protocol"), ALLOWED)
+def test_the_network_policies_allow_each_connection_the_platform_makes(objects, who, whose, port, protocol):
+    assert connection_allowed(objects, who, whose, port, protocol)
+
+
+@pytest.mark.parametrize(("who", "whose", "port", "protocol"), DENIED)
+def test_the_network_policies_leave_any_other_connection_without_a_rule(objects, who, whose, port, protocol):
+    assert not connection_allowed(objects, who, whose, port, protocol)
+
+
+def test_every_pod_is_closed_by_default_and_every_rule_names_its_sources_and_ports(objects):
+    policies = named(objects, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    for name, policy in policies.items():
+        for rule in policy["spec"].get("ingress", []):
+            assert rule.get("from") and rule.get("ports"), f"{name}: a rule open to every source or every port"
+            for peer in rule["from"]:
+                assert "ipBlock" not in peer and peer.get("podSelector", {}).get("matchLabels"), name
+
+
+def test_only_the_prod_overlay_exposes_the_ui_and_the_api_each_over_tls(rendered):
+    assert not named(rendered["local"], "Ingress")
+    for overlay in OVERLAYS:
+        exposed = [s["metadata"]["name"] for s in named(rendered[overlay], "Service").values()
+                   if s["spec"].get("type", "ClusterIP") != "ClusterIP"]  # fmt: skip
+        assert exposed == [], f"{overlay}: {exposed} reachable from outside the cluster"
+    ingresses = named(rendered["prod"], "Ingress")
+    assert set(ingresses) == {"ui", "api"}
+    backends = {}
+    for name, ingress in ingresses.items():
+        (tls,) = ingress["spec"]["tls"]
+        (rule,) = ingress["spec"]["rules"]
+        assert tls["hosts"] == [rule["host"]] and tls["secretName"] and "_" not in rule["host"]
+        assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+        assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
+        backends[name] = {(p["path"], p["backend"]["service"]["name"], p["backend"]["service"]["port"]["number"])
+                          for p in rule["http"]["paths"]}  # fmt: skip
+    assert backends["ui"] == {("/", "streamlit", 8501)}
+    assert {path for path, service, port in backends["api"]} == {"/predict", "/model", "/docs", "/openapi.json"}
+    assert {(service, port) for _, service, port in backends["api"]} == {("inference-api", 8000)}
+    assert ingresses["ui"]["spec"]["tls"][0]["secretName"] != ingresses["api"]["spec"]["tls"][0]["secretName"]
+    assert "ingress-settings" not in named(rendered["prod"], "ConfigMap")  # read at render time only
+
+
+def env_of(objects: list[dict], workload: str) -> dict[str, dict]:
+    (container,) = pod_spec(next(w for w in workloads(objects) if w["metadata"]["name"] == workload))["containers"]
+    return {variable["name"]: variable for variable in container.get("env", [])}
+
+
+def test_the_api_takes_its_keys_and_the_ui_its_key_from_the_secret_and_prod_refuses_to_run_without(rendered, tree):
+    for overlay in OVERLAYS:
+        api, ui = env_of(rendered[overlay], "inference-api"), env_of(rendered[overlay], "streamlit")
+        assert api["API_KEYS"]["valueFrom"]["secretKeyRef"]["key"] == "API_KEYS"
+        assert ui["API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "API_KEY"
+    assert env_of(rendered["prod"], "inference-api")["REQUIRE_API_KEYS"]["value"] == "true"
+    assert "REQUIRE_API_KEYS" not in env_of(rendered["local"], "inference-api")
+    from readmission.serving.auth import key_hash, parse_api_keys, well_formed
+
+    for overlay in OVERLAYS:
+        lines = (tree / "kubernetes" / "overlays" / overlay / "secrets.env").read_text().splitlines()
+        values = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+        assert well_formed(values["API_KEY"])
+        assert parse_api_keys(values["API_KEYS"])[key_hash(values["API_KEY"])].name == "ui"
+
+
+def test_prod_signs_clinicians_in_with_the_auth_secret_mounted_where_streamlit_reads_it(rendered, tree):
+    import tomllib
+
+    deployment = named(rendered["prod"], "Deployment")["streamlit"]
+    env = env_of(rendered["prod"], "streamlit")
+    assert env["UI_SIGN_IN"]["value"] == "true" and (env["UI_ALLOWED_DOMAINS"]["value"] or env["UI_ALLOWED_GROUPS"])
+    (container,) = pod_spec(deployment)["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    home = env["HOME"]["value"]
+    mount = mounts[f"{home}/.streamlit/secrets.toml"]
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    secret = named(rendered["prod"], "Secret")[volume["secret"]["secretName"]]
+    auth = tomllib.loads(base64.b64decode(secret["data"][mount["subPath"]]).decode())["auth"]
+    assert {"redirect_uri", "cookie_secret", "client_id", "client_secret", "server_metadata_url"} <= set(auth)
+    assert auth["redirect_uri"].startswith("https://") and auth["cookie_secret"] != "generate"
+    ui_host = named(rendered["prod"], "Ingress")["ui"]["spec"]["rules"][0]["host"]
+    assert auth["redirect_uri"] == f"https://{ui_host}/oauth2callback"
+    assert "UI_SIGN_IN" not in env_of(rendered["local"], "streamlit")

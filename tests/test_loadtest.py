@@ -22,6 +22,7 @@ import pytest
 from readmission import loadtest, schema
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
+from readmission.serving.auth import new_key
 from tests.factories import register_model
 from tests.servers import VENV_BIN, free_port, image_command, run_locally, start_inference_api
 
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCUST_DOCKERFILE = REPO / "locust" / "Dockerfile"
 MAKE_LOADTEST = [str(VENV_BIN / "readmission"), "loadtest"]  # what `make loadtest` runs
 pytestmark = pytest.mark.timeout(300)
+LOADTEST_KEY, LOADTEST_KEY_ENTRY = new_key("loadtest")  # the service requires it, as in production
 
 
 class StubService:
@@ -90,11 +92,13 @@ class StubService:
 
 @pytest.fixture(scope="module")
 def inference_api(tmp_path_factory) -> str:
-    """The real inference service (its image's command, one worker) serving a small registered model; its URL."""
+    """The real inference service (its image's command, one worker) serving a small registered model, requiring
+    LOADTEST_KEY; its URL."""
     folder = tmp_path_factory.mktemp("inference-api")
     settings = Settings(_env_file=None, data_dir=folder / "data")
     register_model(settings)
-    server, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}, folder)
+    server, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+                                       "API_KEYS": LOADTEST_KEY_ENTRY}, folder)
     yield url
     server.stop()
 
@@ -192,7 +196,7 @@ def test_capacity_is_the_last_step_before_the_first_breaking_one():
 def test_make_loadtest_against_the_inference_service_keeps_the_slos_and_reports(inference_api, tmp_path):
     result = run_load_test(MAKE_LOADTEST, inference_api, tmp_path, loadtest_users=30, loadtest_run_seconds=20,
                            loadtest_spawn_rate=30, loadtest_clinician_weight=8, loadtest_system_weight=1,
-                           loadtest_monitor_weight=1)  # fmt: skip
+                           loadtest_monitor_weight=1, api_key=LOADTEST_KEY)  # fmt: skip
     summary = summary_of(tmp_path)
     assert result.returncode == 0, summary
     assert "**PASS**" in verdict_line(summary) and "highest user count that kept the SLOs: 30" in summary

@@ -85,7 +85,7 @@ def test_code_tables_are_labelled_with_the_data_sets_descriptions_not_ids():
 
 @pytest.mark.parametrize(("code", "group"), [("428", "Circulatory system"), ("250.01", "Diabetes"),
                                              ("V45", "Supplementary factors (V code)"), ("", forms.NOT_RECORDED),
-                                             ("999.9", "Injury and poisoning"), ("042", "Other conditions")])  # fmt: skip
+                                             ("999.9", "Injury and poisoning"), ("042", "Other conditions")])
 def test_a_diagnosis_code_is_shown_with_the_group_the_model_puts_it_in(code, group):
     assert forms.diagnosis_group(code) == group
 
@@ -133,7 +133,7 @@ def test_scored_rows_keep_the_uploaded_columns_and_the_answer_replaces_columns_o
     prepared = batch.prepare_batch(frame, max_rows=10)
     answer = BatchPrediction(model_name="m", model_version="1", rows=2, predictions=[
         {"prediction": 0, "probability": 0.1, "risk_band": "low", "label": RISK_LABELS["low"]},
-        {"prediction": 1, "probability": 0.9, "risk_band": "high", "label": RISK_LABELS["high"]}])  # fmt: skip
+        {"prediction": 1, "probability": 0.9, "risk_band": "high", "label": RISK_LABELS["high"]}])
     scored = batch.scored_frame(prepared, answer)
     assert list(scored["line"]) == [2, 4] and list(scored["encounter_id"]) == list(frame["encounter_id"].iloc[[0, 2]])
     assert list(scored["probability"]) == [0.1, 0.9] and list(scored["ward"]) == ["B2", "B2"]
@@ -144,7 +144,7 @@ def test_scored_rows_keep_the_uploaded_columns_and_the_answer_replaces_columns_o
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"", "empty"), (b"race,gender\n", "no rows"), (b"race,gender\nCaucasian,Female\n", "lacks required columns: age"),
-])  # fmt: skip
+])
 def test_a_file_that_cannot_be_scored_is_refused_with_the_reason(content, message):
     with pytest.raises(batch.BatchFileError, match=message):
         batch.prepare_batch(batch.read_upload(content), max_rows=10)
@@ -334,3 +334,46 @@ def test_the_ui_imports_none_of_the_serving_stack():
         "import readmission.ui.app, readmission.ui.pages, readmission.ui.model_card\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
+
+
+# --- access: sign-in gate, allow-list, no patient identifier in the logs -----------------------
+
+
+@pytest.mark.parametrize(("claims", "domains", "groups", "enters"), [
+    ({"email": "ana@hospital.example"}, "hospital.example", "", True),
+    ({"email": "Ana@Hospital.Example"}, "hospital.example", "", True),
+    ({"email": "ana@hospital.example.evil"}, "hospital.example", "", False),
+    ({"email": "ana@hospital.example", "email_verified": False}, "hospital.example", "", False),
+    ({"email": "ana@elsewhere.example", "groups": ["Clinicians", "staff"]}, "hospital.example", "clinicians", True),
+    ({"email": "ana@elsewhere.example", "groups": "staff clinicians"}, "", "clinicians", True),
+    ({"email": "ana@elsewhere.example", "groups": ["visitors"]}, "hospital.example", "clinicians", False),
+    ({"sub": "no-email"}, "hospital.example", "clinicians", False),
+    ({"email": "anyone@anywhere.example"}, "", "", True),
+])
+def test_the_allow_list_admits_listed_domains_and_groups_only(make_settings, claims, domains, groups, enters):
+    from readmission.ui.access import may_enter
+
+    settings = make_settings(ui_allowed_domains=domains, ui_allowed_groups=groups)
+    assert may_enter(claims, settings) is enters
+
+
+@pytest.mark.parametrize("page", ["patient", "batch", "model"])
+def test_with_sign_in_on_a_visitor_sees_only_the_sign_in_page(api_down_settings, page):
+    app = open_page(api_down_settings.model_copy(update={"ui_sign_in": True}), page)
+    assert_no_traceback(app)
+    assert [b.label for b in app.button] == ["Sign in"]
+    assert "Sign in with your hospital account" in shown_text(app)
+    assert not app.selectbox and not app.file_uploader and not app.number_input
+
+
+def test_identifiers_and_free_text_of_an_upload_reach_no_log(ui_settings, caplog):
+    marks = {"encounter_id": "918273645", "patient_nbr": "546372819", "note": "Jane-Roe-free-text-QZX"}
+    frame = synthetic_dataset(12, seed=5).assign(encounter_id=marks["encounter_id"], patient_nbr=marks["patient_nbr"])
+    frame.loc[3, "race"] = marks["note"]
+    with caplog.at_level("DEBUG"):
+        app = open_page(ui_settings, "batch")
+        app.file_uploader[0].set_value(("ward.csv", frame.to_csv(index=False).encode(), "text/csv")).run()
+    assert_no_traceback(app)
+    assert app.dataframe[1].value.shape[0] == 11  # scored, with the bad row listed apart
+    assert caplog.records, "the UI's logging was captured"
+    assert [mark for mark in marks.values() if mark in caplog.text] == []

@@ -19,6 +19,9 @@ BASE_DIR="/opt/diabetes"
 DATA_API_PORT="5001"
 BATCH_SIZE="15000"
 BATCH_INTERVAL_SECONDS="300"
+# The data API's admin token (POST /restart) comes from SSM Parameter Store (a SecureString read with
+# the instance role's ssm:GetParameter), never from this file; empty: restarting over HTTP is disabled.
+ADMIN_TOKEN_PARAMETER=""   # e.g. /diabetes/data-api/admin-token
 COMPOSE_VERSION="v2.29.7"   # Amazon Linux has no compose/buildx packages: pinned release binaries
 BUILDX_VERSION="v0.17.1"
 
@@ -60,8 +63,15 @@ else
     git clone --depth 1 --branch "$REPO_REF" "$REPO_URL" "$APP_DIR"
 fi
 
+DATA_API_ADMIN_TOKEN=""
+if [[ -n "$ADMIN_TOKEN_PARAMETER" ]]; then
+    DATA_API_ADMIN_TOKEN="$(aws ssm get-parameter --with-decryption --name "$ADMIN_TOKEN_PARAMETER" \
+        --query Parameter.Value --output text)"
+fi
+
 # The data set lives on the instance's EBS disk, so it survives the nightly stop.
 install -d -m 0755 "$DATA_DIR"
+install -m 0600 /dev/null /etc/default/diabetes-data-api   # it holds the admin token: root only
 cat > /etc/default/diabetes-data-api <<ENV
 DATASET_URL=$DATASET_URL
 DATASET_DIR=$DATA_DIR
@@ -69,6 +79,7 @@ DATASET_FILE=$DATASET_FILE
 DATA_API_PORT=$DATA_API_PORT
 BATCH_SIZE=$BATCH_SIZE
 BATCH_INTERVAL_SECONDS=$BATCH_INTERVAL_SECONDS
+DATA_API_ADMIN_TOKEN=$DATA_API_ADMIN_TOKEN
 ENV
 
 install -m 0644 "$APP_DIR/aws/ec2/diabetes-data-api.service" /etc/systemd/system/diabetes-data-api.service

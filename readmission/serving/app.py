@@ -4,6 +4,8 @@ Routes: `POST /predict`, `POST /predict/batch`, `GET /health`, `GET /ready`, `GE
 `POST /reload`, `GET /metrics`. The model is loaded in the background and kept fresh by
 `ModelStore`; single predictions are micro-batched by `MicroBatcher`.
 
+`/predict`, `/predict/batch` and `/model` need a bearer API key when `API_KEYS` is set (see
+`readmission.serving.auth`); `/health`, `/ready` and `/metrics` stay open for probes and Prometheus.
 `POST /reload` needs the bearer token `RELOAD_TOKEN`. When `RELOAD_TOKEN` is empty,
 reloading over HTTP is refused (403) rather than left open to anyone: the service still
 picks up a new `@production` version by itself, every `MODEL_POLL_SECONDS`. With several
@@ -14,6 +16,7 @@ their next poll.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from readmission.config import Settings, get_settings
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
+from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
 from readmission.serving.batch_input import (
     BatchTooLarge,
     InvalidBatch,
@@ -79,8 +83,76 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[ModelStore, Depends(_store)]
 BatcherDep = Annotated[MicroBatcher, Depends(_batcher)]
 BatchThreadDep = Annotated[ThreadPoolExecutor, Depends(_batch_thread)]
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False,
-                      description="The RELOAD_TOKEN setting."))]  # fmt: skip
+RELOAD_SCHEME = HTTPBearer(auto_error=False, scheme_name="ReloadToken", description="The RELOAD_TOKEN setting.")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(RELOAD_SCHEME)]
+API_KEY_DESCRIPTION = (
+    "An API key (`rk_...`) made by `readmission apikey new NAME`; API_KEYS holds its SHA-256. "
+    "Needed on /predict, /predict/batch and /model when API_KEYS is set."
+)
+log = logging.getLogger(__name__)
+
+
+class AccessControl:
+    """The keys the service accepts (key hash -> caller; None: no key needed) and their rate limit."""
+
+    def __init__(self, settings: Settings):
+        self.callers = accepted_keys(settings.api_keys.get_secret_value(), settings.require_api_keys)
+        self.limiter = RateLimiter(settings.api_rate_limit / settings.api_workers)
+
+    def caller(self, credentials: HTTPAuthorizationCredentials | None) -> Caller | None:
+        """Who presented the key (None when no key is needed): 401 without a key or with an unknown one."""
+        if self.callers is None:
+            return None
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "an API key is required: send `Authorization: Bearer <key>`",
+                headers={"WWW-Authenticate": 'Bearer realm="readmission"'},
+            )
+        caller = self.callers.get(key_hash(credentials.credentials))
+        if caller is None:
+            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return caller
+
+    def admit(self, caller: Caller, right: str) -> None:
+        """403 when the caller's key lacks `right`, 429 when it is over the rate limit."""
+        if right not in caller.rights:
+            raise HTTPException(403, f"the API key {caller.name!r} may not use this route (it lacks `{right}`)")
+        if wait := self.limiter.retry_after(caller.name):
+            raise HTTPException(
+                429,
+                f"the API key {caller.name!r} is over API_RATE_LIMIT requests per second",
+                headers={"Retry-After": str(wait)},
+            )
+
+
+class ApiKey(HTTPBearer):
+    """The `ApiKey` security scheme of a route needing `right`: FastAPI documents it in the OpenAPI page (so
+    "Authorize" and "Try it out" send the key) and calls it for each request, which it admits or refuses.
+
+    One dependency doing both (rather than a check depending on an HTTPBearer): FastAPI's dependency
+    resolution, not the hash, is most of what a key costs per request.
+    """
+
+    def __init__(self, right: str):
+        super().__init__(auto_error=False, scheme_name="ApiKey", description=API_KEY_DESCRIPTION)
+        self.right = right
+
+    async def __call__(self, request: Request) -> None:
+        access: AccessControl = request.app.state.access
+        if access.callers is None:
+            return
+        caller = access.caller(await super().__call__(request))
+        request.state.api_key = caller.name  # the per-key metrics count refusals too
+        access.admit(caller, self.right)
+
+
+CAN_PREDICT, CAN_READ_MODEL = Depends(ApiKey("predict")), Depends(ApiKey("model"))
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "No API key, or an unknown one (API_KEYS is set)."},
+    403: {"model": ErrorMessage, "description": "The API key lacks the right this route needs."},
+    429: {"model": ErrorMessage, "description": "The API key is over API_RATE_LIMIT; see Retry-After."},
+}
 
 
 async def require_reload_token(settings: SettingsDep, credentials: BearerDep) -> None:
@@ -98,6 +170,7 @@ async def require_reload_token(settings: SettingsDep, credentials: BearerDep) ->
 # --- predictions ------------------------------------------------------------------------
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
     413: {"model": ErrorMessage, "description": "Body over MAX_BODY_BYTES, or more than MAX_BATCH_ROWS encounters."},
     422: {"model": ValidationErrors, "description": "Invalid input; each error names the row and field."},
     503: {"model": ErrorMessage, "description": "No model is loaded yet."},
@@ -110,8 +183,9 @@ BATCH_BODY = {
         "description": "Up to MAX_BATCH_ROWS (default 10,000) encounters: a JSON list of `Encounter` objects, "
         "or a CSV in the data set's format (header row; encounter_id, patient_nbr and readmitted are ignored).",
         "content": {
-            "application/json": {"schema": {"type": "array", "minItems": 1,
-                                            "items": {"$ref": "#/components/schemas/Encounter"}}},
+            "application/json": {
+                "schema": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Encounter"}}
+            },
             "text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE},
         },  # fmt: skip
     }
@@ -121,7 +195,7 @@ BATCH_READERS: dict[str, Callable[[bytes, int], np.ndarray | CodedEncounters]] =
     "text/csv": encounters_from_csv,
 }
 
-predictions = APIRouter(tags=["predictions"])
+predictions = APIRouter(tags=["predictions"], dependencies=[CAN_PREDICT])
 
 
 @predictions.post("/predict", response_model=Prediction, responses=ERRORS)
@@ -177,7 +251,9 @@ async def ready(store: StoreDep) -> Readiness:
     return Readiness(model_name=model.target.name, model_version=model.target.version)
 
 
-@operations.get("/model", response_model=ModelCard, responses={503: ERRORS[503]})
+@operations.get(
+    "/model", response_model=ModelCard, dependencies=[CAN_READ_MODEL], responses={**AUTH_ERRORS, 503: ERRORS[503]}
+)
 async def model_card(store: StoreDep) -> ModelCard:
     """The model in service: name, version, alias, run, training metrics, lineage tags, input fields."""
     model = served_model(store)
@@ -221,6 +297,7 @@ class RequestMetrics:
         self.app, self.max_body_bytes = app, max_body_bytes
         self._counters: dict[tuple[str, str, int], Any] = {}  # label lookups cost more than the increments
         self._timers: dict[tuple[str, str], Any] = {}
+        self._key_counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -250,7 +327,10 @@ class RequestMetrics:
         finally:
             metrics.IN_FLIGHT.dec()
             route = scope.get("route")
-            self._record(route.path if route else "unmatched", scope["method"], status, time.perf_counter() - started)
+            path = route.path if route else "unmatched"
+            self._record(path, scope["method"], status, time.perf_counter() - started)
+            if key := scope.get("state", {}).get("api_key"):
+                self._record_key(key, path, status)
 
     @staticmethod
     def _declared_length(scope) -> int:
@@ -266,6 +346,11 @@ class RequestMetrics:
             timer = self._timers[(route, method)] = metrics.LATENCY.labels(route, method)
         counter.inc()
         timer.observe(seconds)
+
+    def _record_key(self, key: str, route: str, status: int) -> None:
+        if (counter := self._key_counters.get((key, route, status))) is None:
+            counter = self._key_counters[(key, route, status)] = metrics.KEY_REQUESTS.labels(key, route, str(status))
+        counter.inc()
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -290,6 +375,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The inference service on `settings` (default: the environment's)."""
     settings = settings or get_settings()
+    access = AccessControl(settings)  # a bad API_KEYS fails here, before anything starts
+    if access.callers is None:
+        log.warning("API_KEYS is not set: /predict, /predict/batch and /model answer anyone who can reach the service")
     store = ModelStore(settings)
 
     @asynccontextmanager
@@ -303,6 +391,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Predicts whether a diabetic patient will be readmitted, from one hospital encounter "
                   "in the UCI data set's raw vocabulary.")  # fmt: skip
     app.state.settings, app.state.store, app.state.batcher = settings, store, MicroBatcher(store)
+    app.state.access = access
     app.state.batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
     app.include_router(predictions)
     app.include_router(operations)

@@ -37,6 +37,11 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 REQUESTS = Counter("readmission_http_requests", "HTTP requests answered.", ["route", "method", "status"])
 LATENCY = Histogram("readmission_http_request_duration_seconds", "Time to answer an HTTP request.",
                     ["route", "method"], buckets=LATENCY_BUCKETS)  # fmt: skip
+KEY_REQUESTS = Counter(
+    "readmission_api_key_requests",
+    "Requests that presented a known API key, by key name (never the key), route and status.",
+    ["key", "route", "status"],
+)
 IN_FLIGHT = Gauge("readmission_http_requests_in_flight", "HTTP requests being answered.", multiprocess_mode="livesum")
 PREDICTIONS = Counter("readmission_predictions", "Encounters scored, by predicted class.", ["prediction"])
 PROBABILITY = Histogram("readmission_prediction_probability", "Predicted probability of a readmission.",

@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
 from readmission.config import Settings, get_settings
+from readmission.serving.auth import ApiKeysError, accepted_keys
 
 # One native thread per worker process (set before the workers import numpy and scikit-learn).
 SINGLE_THREAD_ENVIRONMENT = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -76,6 +77,10 @@ class _Gunicorn(BaseApplication):
 
 def serve(settings: Settings) -> None:
     """Run the inference service with `settings.api_workers` workers until stopped (SIGTERM/SIGINT)."""
+    try:  # a bad or (with REQUIRE_API_KEYS) missing API_KEYS stops the launcher before any worker starts
+        accepted_keys(settings.api_keys.get_secret_value(), settings.require_api_keys)
+    except ApiKeysError as exc:
+        raise SystemExit(f"readmission-api: {exc}") from None
     folder = multiproc_dir(settings)
     wipe(folder)
     # prometheus-client reads this when first imported (in each worker) to choose multi-process mode.

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from readmission.config import Settings
 
 APP_SCRIPT = Path("streamlit") / "app.py"  # relative to the project root, as in the image's WORKDIR
@@ -24,8 +26,23 @@ def ui_command(port: int, address: str, executable: str = "streamlit") -> list[s
 
 def ui_environment(settings: Settings) -> dict[str, str]:
     """The settings the UI process reads, as environment variables over the current environment."""
-    names = ("api_url", "api_timeout_seconds", "max_batch_rows", "mlflow_tracking_uri", "mlflow_ui_url")
-    return {**os.environ, **{name.upper(): str(getattr(settings, name)) for name in names}}
+    names = (
+        "api_url",
+        "api_timeout_seconds",
+        "max_batch_rows",
+        "mlflow_tracking_uri",
+        "mlflow_ui_url",
+        "api_key",
+        "ui_sign_in",
+        "ui_allowed_domains",
+        "ui_allowed_groups",
+        "ui_groups_claim",
+    )
+    values = {name: getattr(settings, name) for name in names}
+    return {
+        **os.environ,
+        **{name.upper(): str(v.get_secret_value() if isinstance(v, SecretStr) else v) for name, v in values.items()},
+    }
 
 
 def project_root() -> Path:

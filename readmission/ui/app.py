@@ -8,6 +8,7 @@ import logging
 import streamlit as st
 
 from readmission.config import Settings, get_settings
+from readmission.ui.access import signed_in_user
 from readmission.ui.pages import batch_page, model_page, patient_page
 
 PAGES = {  # url path -> (title, icon, page)
@@ -22,6 +23,8 @@ def main(settings: Settings | None = None, start_page: str = "patient") -> None:
     """Draw the app; `start_page` is the page a new visitor lands on (one of `PAGES`)."""
     settings = settings or get_settings()
     st.set_page_config(page_title="Readmission risk", page_icon=":material/local_hospital:", layout="wide")
+    if not signed_in_user(settings):  # no form, no model page before sign-in
+        return
     pages = [
         st.Page(functools.partial(page, settings), title=title, icon=icon, url_path=path, default=path == start_page)
         for path, (title, icon, page) in PAGES.items()

@@ -59,10 +59,13 @@ def _detail_text(detail: Any) -> str:
 class InferenceClient:
     """The inference API at `base_url` (the `API_URL` setting)."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0, session: requests.Session | None = None):
+    def __init__(self, base_url: str, timeout: float = 30.0, session: requests.Session | None = None,
+                 api_key: str = ""):  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
+        if api_key:  # the UI's own key (API_KEY); the service names it in its per-key metrics
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Timed:
         started = time.perf_counter()
@@ -78,6 +81,11 @@ class InferenceClient:
         if response.ok:
             return Timed(body, latency_ms)
         detail = body.get("detail", body) if isinstance(body, dict) else body
+        if response.status_code in (401, 403):
+            raise ApiUnavailable(
+                f"The prediction service refused this application's key (HTTP {response.status_code}"
+                "). Tell the platform team: the UI's API_KEY must be listed in the API's API_KEYS."
+            )
         if response.status_code == 503:
             raise ApiNotReady(f"The prediction service at {self.base_url} is not ready: {_detail_text(detail)}.")
         if response.status_code >= 500:

@@ -27,7 +27,9 @@ def api_client(settings: Settings) -> InferenceClient:
     """This browser session's client of the API (one connection pool per session)."""
     key = f"api_client:{settings.api_url}"
     if key not in st.session_state:
-        st.session_state[key] = InferenceClient(settings.api_url, settings.api_timeout_seconds)
+        st.session_state[key] = InferenceClient(
+            settings.api_url, settings.api_timeout_seconds, api_key=settings.api_key.get_secret_value()
+        )
     return st.session_state[key]
 
 
@@ -168,7 +170,11 @@ def _score_upload(client: InferenceClient, content: bytes, max_rows: int) -> tup
     if not prepared.encounters:
         return pd.DataFrame(), prepared.rejected, 0.0
     answer = client.predict_batch(prepared.encounters)
-    return batch.scored_frame(prepared, BatchPrediction.model_validate(answer.body)), prepared.rejected, answer.latency_ms
+    return (
+        batch.scored_frame(prepared, BatchPrediction.model_validate(answer.body)),
+        prepared.rejected,
+        answer.latency_ms,
+    )
 
 
 def _risk_histogram(scored: pd.DataFrame) -> alt.Chart:
@@ -231,7 +237,10 @@ def batch_page(settings: Settings) -> None:
     if not cached or cached[0] != digest:
         try:
             with st.spinner("Checking and scoring the file..."):
-                st.session_state["batch_result"] = cached = (digest, *_score_upload(client, content, settings.max_batch_rows))
+                st.session_state["batch_result"] = cached = (
+                    digest,
+                    *_score_upload(client, content, settings.max_batch_rows),
+                )
         except batch.BatchFileError as error:
             st.error(str(error), icon=":material/description:")
             return
