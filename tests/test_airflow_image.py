@@ -26,7 +26,7 @@ def copied_sources() -> list[str]:
 
 def test_it_builds_on_the_official_airflow_image_of_the_version_the_project_pins():
     assert arguments_of("FROM") == [f"apache/airflow:{version('apache-airflow')}-python3.11"]
-    assert f"apache-airflow=={version('apache-airflow')}" in (REPO_ROOT / "pyproject.toml").read_text()
+    assert f"apache-airflow[postgres]=={version('apache-airflow')}" in (REPO_ROOT / "pyproject.toml").read_text()
 
 
 def test_it_installs_the_requirements_and_the_package_and_copies_the_dags():
