@@ -6,6 +6,8 @@ IMAGE=docker.io/library/python:3.11-slim-bookworm
 ENGINE=${ENGINE:-podman}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 if $ENGINE image exists "$IMAGE" 2>/dev/null; then exit 0; fi
+# The official image where a registry answers; the stand-in only where none does.
+if timeout 600 $ENGINE pull --quiet "$IMAGE" >/dev/null 2>&1; then exit 0; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
