@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from typing import Self
 
 from tests.servers import wait_until
 
@@ -26,7 +27,7 @@ def container_engine() -> str:
     """The engine `scripts/build_images.sh` picks; AssertionError when there is none (a failure, not a skip)."""
     if os.environ.get("CONTAINER_ENGINE"):
         return os.environ["CONTAINER_ENGINE"]
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+    if shutil.which("docker") and subprocess.run(["docker", "info"], check=False, capture_output=True).returncode == 0:
         return "docker"
     assert shutil.which("podman"), (
         "no container engine: no Docker engine answers and podman is missing (make test installs it)"
@@ -35,7 +36,7 @@ def container_engine() -> str:
 
 
 def engine_run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([container_engine(), *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([container_engine(), *args], check=False, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"{container_engine()} {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}"
@@ -85,7 +86,7 @@ def pod_run_options(workload: dict, container_name: str | None = None) -> RunOpt
             e["name"]: e["value"]
             for e in container.get("env", [])
             if "value" in e and not VARIABLE_REFERENCE.search(e["value"])
-        },  # fmt: skip
+        },
         args=container.get("args"),
     )
 
@@ -93,17 +94,36 @@ def pod_run_options(workload: dict, container_name: str | None = None) -> RunOpt
 class Container:
     """One container, started detached on `network` (reachable there as `alias`), its `port` published on 127.0.0.1."""
 
-    def __init__(self, image: str, options: RunOptions, network: str, alias: str, port: int | None = None,
-                 env: dict[str, str] | None = None, volumes: list[str] | None = None, args: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        image: str,
+        options: RunOptions,
+        network: str,
+        alias: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        volumes: list[str] | None = None,
+        args: list[str] | None = None,
+    ):
         self.image, self.options, self.network, self.alias, self.port = image, options, network, alias, port
         self.env = {**options.env, **(env or {})}
         self.volumes = volumes or []
         self.args = args if args is not None else (options.args or [])
         self.name = unique_name(alias)
 
-    def start(self) -> "Container":
-        command = ["run", "--detach", "--name", self.name, "--network", self.network, "--network-alias", self.alias,
-                   "--user", self.options.user]  # fmt: skip
+    def start(self) -> Container:
+        command = [
+            "run",
+            "--detach",
+            "--name",
+            self.name,
+            "--network",
+            self.network,
+            "--network-alias",
+            self.alias,
+            "--user",
+            self.options.user,
+        ]
         if self.options.read_only:
             command += ["--read-only"] + (["--read-only-tmpfs=false"] if container_engine() == "podman" else [])
         for path in self.options.tmpfs:  # an emptyDir: writable by the pod's user, exec allowed, as in Kubernetes
@@ -155,14 +175,14 @@ class Container:
             return engine_run("healthcheck", "run", self.name, check=False, timeout=60).returncode == 0
         return self.state().get("Health", {}).get("Status") == "healthy"
 
-    def wait_healthy(self, timeout: float) -> "Container":
+    def wait_healthy(self, timeout: float) -> Container:
         try:
             wait_until(self.passes_healthcheck, timeout=timeout, interval=2, what="its HEALTHCHECK")
         except TimeoutError as exc:
             self.fail(str(exc))
         return self
 
-    def wait_until(self, check, timeout: float, what: str) -> "Container":
+    def wait_until(self, check, timeout: float, what: str) -> Container:
         """Poll `check()` while the container runs; fail with its logs when it exits or time runs out."""
 
         def running_check():
@@ -188,7 +208,7 @@ class Network:
     def __init__(self):
         self.name = unique_name("readmission-test")
 
-    def __enter__(self) -> "Network":
+    def __enter__(self) -> Self:
         engine_run("network", "create", self.name)
         return self
 

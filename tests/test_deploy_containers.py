@@ -11,8 +11,8 @@ tests/test_deploy_kubernetes.py.
 
 from __future__ import annotations
 
-import requests
 import pytest
+import requests
 
 from readmission.config import Settings
 from readmission.serving.schemas import EXAMPLE_ENCOUNTER
@@ -21,8 +21,12 @@ from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
 
 IMAGES = ("airflow", "mlflow", "inference-api", "ui", "data-api", "locust")
-SERVICE_IMAGES = {"mlflow": "Dockerfile_mlflow", "inference-api": "fastapi/Dockerfile", "ui": "streamlit/Dockerfile",
-                  "data-api": "ec2_api/Dockerfile"}  # fmt: skip
+SERVICE_IMAGES = {
+    "mlflow": "Dockerfile_mlflow",
+    "inference-api": "fastapi/Dockerfile",
+    "ui": "streamlit/Dockerfile",
+    "data-api": "ec2_api/Dockerfile",
+}
 RELOAD_TOKEN = "test-only-reload-token"
 MODEL_NAME = "container-test-model"
 START_SECONDS = 240  # a service's first start on a busy 2-core machine
@@ -60,9 +64,14 @@ def started():
 @pytest.fixture(scope="module")
 def mlflow(manifests, network, started) -> Container:
     """The MLflow image as the Deployment `mlflow` runs it; its backend store and artifacts on its /tmp emptyDir."""
-    container = Container(image("mlflow"), pod_run_options(manifests["mlflow"], "mlflow"), network, "mlflow", port=5000,
-                          env={"MLFLOW_BACKEND_STORE_URI": "sqlite:////tmp/mlflow.db",
-                               "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/artifacts"})  # fmt: skip
+    container = Container(
+        image("mlflow"),
+        pod_run_options(manifests["mlflow"], "mlflow"),
+        network,
+        "mlflow",
+        port=5000,
+        env={"MLFLOW_BACKEND_STORE_URI": "sqlite:////tmp/mlflow.db", "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/artifacts"},
+    )
     started.append(container)
     return container.start().wait_healthy(START_SECONDS)
 
@@ -70,22 +79,31 @@ def mlflow(manifests, network, started) -> Container:
 @pytest.fixture(scope="module")
 def registered_version(mlflow, tmp_path_factory) -> str:
     """A model trained here, registered and promoted through the MLflow container's published port."""
-    settings = Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("registry"), mlflow_tracking_uri=mlflow.url,
-                        model_name=MODEL_NAME)  # fmt: skip
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("registry"),
+        mlflow_tracking_uri=mlflow.url,
+        model_name=MODEL_NAME,
+    )
     return register_model(settings)
 
 
 @pytest.fixture(scope="module")
 def inference_api(manifests, network, started, registered_version) -> Container:
     """The inference image as the Deployment `inference-api` runs it, reading the model from the MLflow container."""
-    container = Container(image("inference-api"), pod_run_options(manifests["inference-api"]), network,
-                          "inference-api", port=8000,
-                          env={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MODEL_NAME": MODEL_NAME,
-                               "RELOAD_TOKEN": RELOAD_TOKEN})  # fmt: skip
+    container = Container(
+        image("inference-api"),
+        pod_run_options(manifests["inference-api"]),
+        network,
+        "inference-api",
+        port=8000,
+        env={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MODEL_NAME": MODEL_NAME, "RELOAD_TOKEN": RELOAD_TOKEN},
+    )
     started.append(container)
     container.start().wait_healthy(START_SECONDS)
-    return container.wait_until(lambda: requests.get(f"{container.url}/ready", timeout=5).ok, START_SECONDS,
-                                "the model to load (/ready)")  # fmt: skip
+    return container.wait_until(
+        lambda: requests.get(f"{container.url}/ready", timeout=5).ok, START_SECONDS, "the model to load (/ready)"
+    )
 
 
 def assert_runs_as_declared(container: Container) -> None:
@@ -162,9 +180,15 @@ def test_the_ui_runs_as_its_manifest_says_and_passes_its_healthcheck(manifests, 
 
 
 def test_the_data_api_runs_as_its_manifest_says_and_serves_a_batch(manifests, network, started, synthetic_csv):
-    container = Container(image("data-api"), pod_run_options(manifests["data-api"]), network, "data-api", port=5001,
-                          env={"DATASET_PATH": "/data/encounters.csv", "BATCH_SIZE": "500"},
-                          volumes=[f"{synthetic_csv}:/data/encounters.csv:ro"])  # fmt: skip
+    container = Container(
+        image("data-api"),
+        pod_run_options(manifests["data-api"]),
+        network,
+        "data-api",
+        port=5001,
+        env={"DATASET_PATH": "/data/encounters.csv", "BATCH_SIZE": "500"},
+        volumes=[f"{synthetic_csv}:/data/encounters.csv:ro"],
+    )
     started.append(container)
     container.start().wait_healthy(START_SECONDS)
     assert_runs_as_declared(container)
@@ -175,13 +199,30 @@ def test_the_data_api_runs_as_its_manifest_says_and_serves_a_batch(manifests, ne
 
 def test_the_locust_image_runs_headless_against_the_inference_container_and_exits_0(network, started, inference_api):
     # No manifest runs Locust (docker-compose-locust.yaml does): the same hardening, its report folder writable.
-    options = RunOptions(user="10001:10001", read_only=True, tmpfs=["/app/reports", "/tmp"], drop_all_capabilities=True,
-                         no_new_privileges=True)  # fmt: skip
-    container = Container(image("locust"), options, network, "locust",
-                          env={"API_URL": "http://inference-api:8000", "LOADTEST_USERS": "2", "LOADTEST_SPAWN_RATE": "2",
-                               "LOADTEST_RUN_SECONDS": "15", "LOADTEST_BATCH_ROWS": "20", "LOADTEST_POOL_ROWS": "200",
-                               "SLO_P95_PREDICT_MS": "10000", "SLO_MAX_FAILURE_RATIO": "0"},
-                          args=["locust", "-f", "/app/locust/locustfile.py", "--headless", "--csv", "/app/reports/stats"])  # fmt: skip
+    options = RunOptions(
+        user="10001:10001",
+        read_only=True,
+        tmpfs=["/app/reports", "/tmp"],
+        drop_all_capabilities=True,
+        no_new_privileges=True,
+    )
+    container = Container(
+        image("locust"),
+        options,
+        network,
+        "locust",
+        env={
+            "API_URL": "http://inference-api:8000",
+            "LOADTEST_USERS": "2",
+            "LOADTEST_SPAWN_RATE": "2",
+            "LOADTEST_RUN_SECONDS": "15",
+            "LOADTEST_BATCH_ROWS": "20",
+            "LOADTEST_POOL_ROWS": "200",
+            "SLO_P95_PREDICT_MS": "10000",
+            "SLO_MAX_FAILURE_RATIO": "0",
+        },
+        args=["locust", "-f", "/app/locust/locustfile.py", "--headless", "--csv", "/app/reports/stats"],
+    )
     started.append(container)
     container.start()
     code = container.wait_exit(timeout=180)
