@@ -60,6 +60,7 @@ images: ## Build every image (docker where a Docker engine answers, else podman)
 stand-in-images: system-deps
 	tests/containers/python/build.sh
 	tests/containers/airflow/build.sh
+	tests/containers/postgres/build.sh
 
 test-containers: system-deps install stand-in-images images ## Build every image and run the container tests alone
 	$(BIN)/python -m pytest tests/test_deploy_containers.py

@@ -59,7 +59,7 @@ class RunOptions:
 
     user: str  # "uid:gid"
     read_only: bool
-    tmpfs: list[str]  # mount paths of the pod's emptyDirs
+    tmpfs: list[str]  # mount paths of the pod's emptyDirs (and volume claims)
     drop_all_capabilities: bool
     no_new_privileges: bool
     env: dict[str, str] = field(default_factory=dict)  # the manifest's literal values
@@ -75,7 +75,10 @@ def pod_run_options(workload: dict, container_name: str | None = None) -> RunOpt
     uid = context.get("runAsUser", pod_context.get("runAsUser"))
     gid = context.get("runAsGroup", pod_context.get("runAsGroup", uid))
     assert uid is not None, f"{workload['metadata']['name']}: the manifest leaves the user to the image"
-    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    # emptyDirs, and the claims of a StatefulSet's volumeClaimTemplates (a test needs no data kept)
+    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v} | {
+        claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])
+    }
     return RunOptions(
         user=f"{uid}:{gid}",
         read_only=bool(context.get("readOnlyRootFilesystem")),

@@ -229,3 +229,93 @@ def test_the_locust_image_runs_headless_against_the_inference_container_and_exit
     logs = container.logs()
     assert code == 0, f"locust exited with {code}\n{logs}"
     assert "/predict" in logs, f"no prediction request in Locust's statistics:\n{logs}"
+
+
+# --- Airflow on PostgreSQL, as the manifests run them ---------------------------------------------------
+
+POSTGRES_PASSWORD = "test-only-postgres-password"
+# Keys every Airflow component must share (the Secret's, in the cluster); the Fernet key is a valid one.
+AIRFLOW_SECRETS = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://airflow:{POSTGRES_PASSWORD}@postgres:5432/airflow",
+    "AIRFLOW__CORE__FERNET_KEY": "hmW7uvFqx0VQj1dU1sU9DyHbZ5W2kcCQjuzBWa1eRcs=",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-jwt-secret",
+    "AIRFLOW__API__SECRET_KEY": "test-only-api-secret",
+    "AIRFLOW_ADMIN_PASSWORD": "test-only-admin-password",
+}
+
+
+def postgres_image(manifests: dict[str, dict]) -> str:
+    (container,) = manifests["postgres"]["spec"]["template"]["spec"]["containers"]
+    return container["image"]
+
+
+@pytest.fixture(scope="module")
+def postgres(manifests, network, started) -> Container:
+    """PostgreSQL (the stand-in where no registry answers) as the StatefulSet `postgres` runs it."""
+    container = Container(
+        postgres_image(manifests),
+        pod_run_options(manifests["postgres"]),
+        network,
+        "postgres",
+        env={"POSTGRES_PASSWORD": POSTGRES_PASSWORD},
+    )
+    started.append(container)
+    container.start()
+    ready = ["pg_isready", "--host=127.0.0.1", "--username=airflow", "--dbname=airflow"]
+    return container.wait_until(lambda: container.exec(*ready).returncode == 0, START_SECONDS, "pg_isready")
+
+
+@pytest.fixture(scope="module")
+def migrated(manifests, network, started, postgres) -> None:
+    """The Job `airflow-db-migrate`, run to completion."""
+    job = Container(
+        image("airflow"),
+        pod_run_options(manifests["airflow-db-migrate"]),
+        network,
+        "airflow-db-migrate",
+        env=AIRFLOW_SECRETS,
+    )
+    started.append(job)
+    job.start()
+    code = job.wait_exit(timeout=600)
+    assert code == 0, f"`airflow db migrate` exited with {code}\n{job.logs()}"
+
+
+def test_the_airflow_migration_job_runs_as_its_manifest_says(manifests):
+    options = pod_run_options(manifests["airflow-db-migrate"])
+    assert options.user == "50000:0" and options.read_only and options.drop_all_capabilities
+    assert options.args == ["db", "migrate"]
+
+
+def test_the_airflow_api_server_runs_as_its_manifest_says_and_answers_its_probe(manifests, network, started, migrated):
+    workload = manifests["airflow-api-server"]
+    (probe_path,) = {c["startupProbe"]["httpGet"]["path"] for c in workload["spec"]["template"]["spec"]["containers"]}
+    container = Container(
+        image("airflow"), pod_run_options(workload), network, "airflow-api-server", port=8080, env=AIRFLOW_SECRETS
+    )
+    started.append(container)
+    container.start()
+    container.wait_until(lambda: requests.get(f"{container.url}{probe_path}", timeout=10).ok, 600, probe_path)
+    assert_runs_as_declared(container)
+    health = requests.get(f"{container.url}{probe_path}", timeout=10).json()
+    assert health["metadatabase"]["status"] == "healthy", health
+    token = requests.post(
+        f"{container.url}/auth/token",
+        timeout=30,
+        json={"username": "admin", "password": AIRFLOW_SECRETS["AIRFLOW_ADMIN_PASSWORD"]},
+    )
+    assert token.status_code in (200, 201), token.text
+
+
+def test_the_airflow_scheduler_runs_as_its_manifest_says_and_answers_its_probe(manifests, network, started, migrated):
+    workload = manifests["airflow-scheduler"]
+    (scheduler,) = workload["spec"]["template"]["spec"]["containers"]
+    probe = scheduler["livenessProbe"]["httpGet"]
+    port = next(p["containerPort"] for p in scheduler["ports"] if probe["port"] in (p.get("name"), p["containerPort"]))
+    container = Container(
+        image("airflow"), pod_run_options(workload), network, "airflow-scheduler", port=port, env=AIRFLOW_SECRETS
+    )
+    started.append(container)
+    container.start()
+    container.wait_until(lambda: requests.get(f"{container.url}{probe['path']}", timeout=10).ok, 600, probe["path"])
+    assert_runs_as_declared(container)
