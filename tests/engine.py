@@ -19,7 +19,9 @@ from typing import Self
 
 from tests.servers import wait_until
 
-IMAGE_TAG = "local"  # the tag `make images` builds and kubernetes/overlays/local runs
+# The tag `make images` builds (kubernetes/overlays/local runs `local`); IMAGE_TAG keeps two checkouts
+# that share one machine's image store apart, for `make images` and these tests alike.
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "local")
 VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 

@@ -16,7 +16,16 @@ import requests
 
 from readmission.config import Settings
 from readmission.serving.schemas import EXAMPLE_ENCOUNTER
-from tests.engine import Container, Network, RunOptions, container_engine, engine_run, image_exists, pod_run_options
+from tests.engine import (
+    IMAGE_TAG,
+    Container,
+    Network,
+    RunOptions,
+    container_engine,
+    engine_run,
+    image_exists,
+    pod_run_options,
+)
 from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
 
@@ -33,7 +42,7 @@ START_SECONDS = 240  # a service's first start on a busy 2-core machine
 
 
 def image(name: str) -> str:
-    return f"readmission-{name}:local"
+    return f"readmission-{name}:{IMAGE_TAG}"
 
 
 @pytest.fixture(scope="module")
