@@ -2,7 +2,8 @@
 service image, started as the rendered Kubernetes manifests start it (their numeric user, read-only
 root filesystem with a tmpfs where the pod mounts an emptyDir, no capabilities, no privilege
 escalation), passes its own HEALTHCHECK; across containers, MLflow keeps a registered model, the
-inference API serves it, and the Locust image's headless run against it exits 0.
+inference API serves it, the UI shows its prediction in headless Chromium, the Locust image's
+headless run against it exits 0, and Airflow's four roles run on PostgreSQL.
 
 The manifests are read, not repeated: change a securityContext or an emptyDir there and these
 tests start the containers that way. No cluster runs here; what is only validated offline is in
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from readmission.config import Settings
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER
+from readmission.serving.schemas import EXAMPLE_ENCOUNTER, RISK_LABELS
 from tests.engine import (
     IMAGE_TAG,
     Container,
@@ -28,6 +29,7 @@ from tests.engine import (
 )
 from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
+from tests.test_ui_browser import PREDICT, PatientForm, browser  # noqa: F401 - `browser` is a fixture
 
 IMAGES = ("airflow", "mlflow", "inference-api", "ui", "data-api", "locust")
 SERVICE_IMAGES = {
@@ -173,7 +175,14 @@ def test_the_inference_api_serves_the_model_from_the_mlflow_container(inference_
     assert 'path="/predict"' in metrics or "/predict" in metrics
 
 
-def test_the_ui_runs_as_its_manifest_says_and_passes_its_healthcheck(manifests, network, started, inference_api):
+def test_the_ui_runs_as_its_manifest_says_and_shows_a_prediction_of_the_inference_container(
+    manifests,
+    network,
+    started,
+    inference_api,
+    registered_version,
+    browser,  # noqa: F811 - the fixture imported above
+):
     container = Container(
         image("ui"),
         pod_run_options(manifests["streamlit"]),
@@ -185,7 +194,14 @@ def test_the_ui_runs_as_its_manifest_says_and_passes_its_healthcheck(manifests, 
     started.append(container)
     container.start().wait_healthy(START_SECONDS)
     assert_runs_as_declared(container)
-    assert requests.get(f"{container.url}/", timeout=10).ok
+    # A clinician's first prediction in headless Chromium, answered by the inference container.
+    browser.get(container.url)
+    page = PatientForm(browser, timeout=90)
+    page.wait.until(lambda _: PREDICT in page.text())
+    page.predict()
+    page.wait.until(lambda _: any(label in page.text() for label in RISK_LABELS.values()))
+    assert f"version {registered_version}" in page.text()
+    assert "Traceback" not in page.text()
 
 
 def test_the_data_api_runs_as_its_manifest_says_and_serves_a_batch(manifests, network, started, synthetic_csv):
