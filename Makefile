@@ -10,8 +10,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Debian packages the test suite starts as real servers or drives (MariaDB, PostgreSQL for Airflow's metadata,
 # Prometheus, Pushgateway, Chromium) and the headers mysqlclient builds against.
 APT_PACKAGES := mariadb-server postgresql prometheus prometheus-pushgateway chromium chromium-driver pkg-config libmariadb-dev
+# The container engine the container tests build and run every image with (podman: no daemon; runc,
+# as crun refuses hybrid cgroups; the dnsname plugin resolves compose service names), debootstrap for
+# the stand-in base images (tests/containers/).
+APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-containernetworking-plugin-dnsname podman-compose
+# podman's engine settings (runtime, cgroups, ulimits) come from the project, not the machine's /etc.
+export CONTAINERS_CONF ?= $(CURDIR)/containers.conf
 
 .PHONY: help install system-deps tools demo test airflow loadtest benchmark kubernetes clean
+.PHONY: images stand-in-images test-containers
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,8 +49,21 @@ $(TOOLS)/bin/checkov:
 
 tools: $(TOOLS)/bin/checkov ## Install checkov into .venv-tools (the deploy tests run it)
 
-test: system-deps install tools ## Install what the tests need and run the whole suite
+test: system-deps install tools stand-in-images images ## Install what the tests need and run the whole suite
 	$(BIN)/python -m pytest
+
+images: ## Build every image (docker where a Docker engine answers, else podman); prints sizes and build times
+	scripts/build_images.sh
+
+# The official base and third-party images when a registry answers, else stand-ins built from
+# Debian's packages under the official names (tests/containers/README.md).
+stand-in-images: system-deps
+	tests/containers/python/build.sh
+	tests/containers/airflow/build.sh
+	tests/containers/postgres/build.sh
+
+test-containers: system-deps install stand-in-images images ## Build every image and run the container tests alone
+	$(BIN)/python -m pytest tests/test_deploy_containers.py
 
 airflow: install ## Airflow's scheduler and UI (http://127.0.0.1:8080) with the DAG, and a data API to pull from
 	$(BIN)/readmission airflow

@@ -161,7 +161,9 @@ class Settings(BaseSettings):
     mysql_root_password: SecretStr = Field(SecretStr(""), description="MySQL's root (docker-compose, Kubernetes).")
     mysql_pipeline_password: SecretStr = Field(SecretStr(""), description="MySQL user `pipeline`: raw/clean DBs.")
     mysql_mlflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `mlflow`: mlflow_db.")
-    mysql_airflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `airflow`: airflow_db.")
+    postgres_airflow_password: SecretStr = Field(
+        SecretStr(""), description="PostgreSQL user `airflow`: Airflow's metadata (database `airflow`)."
+    )
     minio_root_user: str = Field("", description="MinIO's admin, used only to create the buckets and the app user.")
     minio_root_password: SecretStr = Field(SecretStr(""), description="MinIO admin password (8 characters or more).")
     aws_access_key_id: str = Field("", description="S3 key of the applications (a MinIO user in the stack).")

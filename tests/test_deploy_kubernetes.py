@@ -484,7 +484,7 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
         (bin_dir / "mysql").write_text(f'#!/bin/sh\nexec {client} --no-defaults --socket={server.socket} "$@"\n')
         (bin_dir / "mysql").chmod(0o755)
         passwords = {"MYSQL_ROOT_PASSWORD": "root-pw", "MYSQL_PIPELINE_PASSWORD": "pipe-pw",
-                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw", "MYSQL_AIRFLOW_PASSWORD": "airflow-pw"}  # fmt: skip
+                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw"}  # fmt: skip
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **passwords}
         script = str(REPO_ROOT / "kubernetes" / "base" / "scripts" / "init-databases.sh")
         for _ in range(2):  # a second run changes nothing and does not fail
@@ -508,8 +508,8 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
             cursor.execute(f"LOAD DATA LOCAL INFILE '{rows}' INTO TABLE diabetes_raw")  # no FILE privilege needed
             cursor.execute("SELECT COUNT(*) FROM diabetes_raw")
             assert cursor.fetchone() == (2,)
-        for user, password, refused in [("pipeline", "pipe-pw", "mlflow_db"), ("pipeline", "pipe-pw", "airflow_db"),
-                                        ("mlflow", "mlflow-pw", "raw_data_db"), ("airflow", "airflow-pw", "clean_data_db")]:
+        for user, password, refused in [("pipeline", "pipe-pw", "mlflow_db"), ("mlflow", "mlflow-pw", "raw_data_db"),
+                                        ("mlflow", "mlflow-pw", "clean_data_db")]:
             with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
                 connect(user, password, refused)
         with connect("mlflow", "mlflow-pw", "mlflow_db") as db, db.cursor() as cursor:

@@ -5,12 +5,13 @@
 #
 #   pipeline  the Airflow tasks: rows and tables of raw_data_db and clean_data_db, no other database
 #   mlflow    the MLflow server: everything in mlflow_db (its migrations alter tables)
-#   airflow   Airflow's metadata: everything in airflow_db
+#
+# Airflow's metadata lives in PostgreSQL (postgres.yaml, the compose service `postgres`), not here.
 #
 # Passwords come from the environment; they end up inside database URLs, so they must be URL-safe.
 set -eu
 
-for name in MYSQL_ROOT_PASSWORD MYSQL_PIPELINE_PASSWORD MYSQL_MLFLOW_PASSWORD MYSQL_AIRFLOW_PASSWORD; do
+for name in MYSQL_ROOT_PASSWORD MYSQL_PIPELINE_PASSWORD MYSQL_MLFLOW_PASSWORD; do
     eval "value=\${$name:-}"
     case "$value" in
         "") echo "init-databases: $name is not set" >&2; exit 1 ;;
@@ -22,21 +23,17 @@ mysql --protocol=socket --user=root --password="$MYSQL_ROOT_PASSWORD" <<SQL
 CREATE DATABASE IF NOT EXISTS raw_data_db CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE DATABASE IF NOT EXISTS clean_data_db CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE DATABASE IF NOT EXISTS mlflow_db CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
-CREATE DATABASE IF NOT EXISTS airflow_db CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 
 CREATE USER IF NOT EXISTS 'pipeline'@'%' IDENTIFIED BY '$MYSQL_PIPELINE_PASSWORD';
 CREATE USER IF NOT EXISTS 'mlflow'@'%' IDENTIFIED BY '$MYSQL_MLFLOW_PASSWORD';
-CREATE USER IF NOT EXISTS 'airflow'@'%' IDENTIFIED BY '$MYSQL_AIRFLOW_PASSWORD';
 ALTER USER 'pipeline'@'%' IDENTIFIED BY '$MYSQL_PIPELINE_PASSWORD';
 ALTER USER 'mlflow'@'%' IDENTIFIED BY '$MYSQL_MLFLOW_PASSWORD';
-ALTER USER 'airflow'@'%' IDENTIFIED BY '$MYSQL_AIRFLOW_PASSWORD';
 
 -- The pipeline writes rows and creates its tables, indexes and views (CREATE OR REPLACE VIEW
 -- needs DROP); it cannot grant, touch other databases or administer the server.
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, INDEX, ALTER, CREATE VIEW, SHOW VIEW, DROP ON raw_data_db.* TO 'pipeline'@'%';
 GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, INDEX, ALTER, CREATE VIEW, SHOW VIEW, DROP ON clean_data_db.* TO 'pipeline'@'%';
 GRANT ALL PRIVILEGES ON mlflow_db.* TO 'mlflow'@'%';
-GRANT ALL PRIVILEGES ON airflow_db.* TO 'airflow'@'%';
 FLUSH PRIVILEGES;
 SQL
-echo "init-databases: raw_data_db, clean_data_db, mlflow_db, airflow_db and their users are ready"
+echo "init-databases: raw_data_db, clean_data_db, mlflow_db and their users are ready"
