@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ENGINE=${ENGINE:-podman}
-version=$(sed -n 's/.*"apache-airflow==\([0-9.]*\)".*/\1/p' ../../../pyproject.toml | head -1)
+version=$(sed -n 's/.*"apache-airflow\(\[[a-z,]*\]\)\?==\([0-9.]*\)".*/\2/p' ../../../pyproject.toml | head -1)
 [[ -n $version ]] || { echo "no apache-airflow==<version> pin found in pyproject.toml" >&2; exit 1; }
 IMAGE=docker.io/apache/airflow:$version-python3.11
 if $ENGINE image exists "$IMAGE" 2>/dev/null; then exit 0; fi
