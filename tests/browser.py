@@ -81,3 +81,40 @@ class PatientForm:
         self.wait.until(lambda _: self.driver.execute_script("return document.readyState") == "complete")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.save_screenshot(str(path))
+
+
+class SwaggerPage:
+    """The inference API's OpenAPI page (Swagger UI), driven as a developer does: Authorize, Try it out, Execute."""
+
+    def __init__(self, driver, url: str, timeout: float = 30):
+        self.driver = driver
+        self.wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+        driver.get(url)
+        self.operation = self.wait.until(
+            ec.element_to_be_clickable((By.ID, "operations-predictions-predict_predict_post"))
+        )
+
+    def click(self, locator: tuple[str, str]) -> None:
+        self.wait.until(ec.element_to_be_clickable(locator)).click()
+
+    def authorize(self, key: str) -> None:
+        self.click((By.CSS_SELECTOR, "button.authorize"))
+        box = self.wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".modal-ux input")))
+        box.send_keys(key)
+        self.click((By.CSS_SELECTOR, ".modal-ux button.authorize"))
+        self.click((By.CSS_SELECTOR, ".modal-ux button.btn-done"))
+
+    def try_predict(self) -> str:
+        """Execute POST /predict with its example body; the status code the page shows."""
+        if "is-open" not in self.operation.get_attribute("class"):
+            self.operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        if self.operation.find_elements(By.CSS_SELECTOR, "button.try-out__btn:not(.cancel)"):
+            self.operation.find_element(By.CSS_SELECTOR, "button.try-out__btn").click()
+        for old in self.operation.find_elements(By.CSS_SELECTOR, "button.btn-clear"):
+            old.click()
+        self.operation.find_element(By.CSS_SELECTOR, "button.execute").click()
+        status = (By.CSS_SELECTOR, ".live-responses-table .response .response-col_status")
+        return self.wait.until(lambda _: self.operation.find_element(*status).text.strip() or False)
+
+    def response_body(self) -> str:
+        return self.operation.find_element(By.CSS_SELECTOR, ".live-responses-table .microlight").text

@@ -19,6 +19,7 @@ from readmission.dataset import synthetic_dataset
 from readmission.loadtest import request_body
 from readmission.serving.auth import ApiKeysError, RateLimiter, key_hash, new_key, parse_api_keys, well_formed
 from readmission.serving.schemas import EXAMPLE_ENCOUNTER
+from tests.browser import SwaggerPage
 from tests.factories import metric, register_model
 from tests.servers import REPO_ROOT, start_inference_api
 
@@ -192,6 +193,17 @@ def test_the_openapi_page_documents_the_key_scheme_on_the_guarded_routes_only(gu
         assert {"401", "403"} <= set(spec["paths"][path][method]["responses"])
     assert "security" not in spec["paths"]["/health"]["get"] and "security" not in spec["paths"]["/metrics"]["get"]
     assert requests.get(f"{url}/docs", timeout=10).status_code == 200
+
+
+def test_try_it_out_on_the_docs_page_works_with_a_key(guarded_api, keys, browser):
+    """The OpenAPI page in a browser with no way out of 127.0.0.1: its scripts come from the API itself, and
+    "Authorize" with a key then "Try it out" on /predict answers 200; without a key, 401."""
+    url, _ = guarded_api
+    docs = SwaggerPage(browser, f"{url}/docs")
+    assert docs.try_predict() == "401"
+    docs.authorize(keys["clinic"])
+    assert docs.try_predict() == "200"
+    assert '"risk_band"' in docs.response_body()
 
 
 def test_patient_identifiers_and_free_text_appear_in_no_log_and_no_metric(guarded_api, keys):

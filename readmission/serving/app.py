@@ -26,12 +26,13 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from readmission.config import Settings, get_settings
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
@@ -387,7 +388,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.stop()
         app.state.batch_thread.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="Diabetes readmission inference API", version="1.0.0", lifespan=lifespan,
+    # The docs page's scripts are served by the API itself: a hospital network need not reach a CDN for them.
+    app = FastAPIOffline(title="Diabetes readmission inference API", version="1.0.0", lifespan=lifespan,
                   description="Predicts whether a diabetic patient will be readmitted, from one hospital encounter "
                   "in the UCI data set's raw vocabulary.")  # fmt: skip
     app.state.settings, app.state.store, app.state.batcher = settings, store, MicroBatcher(store)
