@@ -29,7 +29,7 @@ from tests.engine import (
 )
 from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
-from tests.test_ui_browser import PREDICT, PatientForm, browser  # noqa: F401 - `browser` is a fixture
+from tests.browser import PREDICT, PatientForm
 
 IMAGES = ("airflow", "mlflow", "inference-api", "ui", "data-api", "locust")
 SERVICE_IMAGES = {
