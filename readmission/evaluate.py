@@ -71,7 +71,9 @@ def positive_probability(model: Pipeline | ClassifierMixin, frame: pd.DataFrame)
 def choose_threshold(y_true: np.ndarray, probability: np.ndarray) -> float:
     """The probability cut that maximizes F1 (see THRESHOLD_RULE)."""
     precision, recall, thresholds = precision_recall_curve(y_true, probability)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
+    )
     return float(thresholds[np.argmax(f1[:-1])]) if len(thresholds) else 0.5
 
 
@@ -204,7 +206,9 @@ def feature_importances(model: Pipeline, frame: pd.DataFrame, y_true: np.ndarray
         delayed(permuted_scores)(columns) for columns in chunks)  # fmt: skip
     for columns, scores in zip(chunks, scored, strict=True):
         for i, column in enumerate(columns):
-            repeats = scores[i * IMPORTANCE_REPEATS * n:(i + 1) * IMPORTANCE_REPEATS * n].reshape(IMPORTANCE_REPEATS, n)
+            repeats = scores[i * IMPORTANCE_REPEATS * n : (i + 1) * IMPORTANCE_REPEATS * n].reshape(
+                IMPORTANCE_REPEATS, n
+            )
             drops[column] = base - np.mean([_rank_auc(labels, repeat) for repeat in repeats])
     order = np.argsort(-drops, kind="stable")
     return {str(features.columns[i]): float(drops[i]) for i in order}
@@ -242,7 +246,9 @@ def draw_figures(y_true: np.ndarray, probability: np.ndarray, threshold: float, 
     ConfusionMatrixDisplay.from_predictions(y_true, (probability >= threshold).astype(int), labels=[0, 1],
                                             ax=figures["confusion_matrix.png"].subplots(), colorbar=False)  # fmt: skip
     figures["confusion_matrix.png"].suptitle(f"{split}: confusion matrix at threshold {threshold:.3f}")
-    RocCurveDisplay.from_predictions(y_true, probability, ax=figures["roc_curve.png"].subplots(), plot_chance_level=True)
+    RocCurveDisplay.from_predictions(
+        y_true, probability, ax=figures["roc_curve.png"].subplots(), plot_chance_level=True
+    )
     figures["roc_curve.png"].suptitle(f"{split}: ROC curve")
     PrecisionRecallDisplay.from_predictions(y_true, probability, ax=figures["pr_curve.png"].subplots(),
                                             plot_chance_level=True)  # fmt: skip

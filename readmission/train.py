@@ -67,10 +67,22 @@ HIST_EARLY_STOPPING: dict[str, Any] = {"max_iter": 1_000, "early_stopping": True
                                        "monotonic_cst": HIST_MONOTONIC}  # fmt: skip
 HIST_SEARCH: tuple[dict[str, Any], ...] = (
     {"learning_rate": 0.1, "n_iter_no_change": 20, "max_leaf_nodes": 31, "min_samples_leaf": 50, "max_features": 0.5},
-    {"learning_rate": 0.15, "n_iter_no_change": 10, "max_leaf_nodes": 31, "min_samples_leaf": 100,
-     "l2_regularization": 1.0, "max_features": 0.5},
-    {"learning_rate": 0.2, "n_iter_no_change": 10, "max_leaf_nodes": 15, "min_samples_leaf": 100,
-     "l2_regularization": 1.0, "max_features": 0.5},
+    {
+        "learning_rate": 0.15,
+        "n_iter_no_change": 10,
+        "max_leaf_nodes": 31,
+        "min_samples_leaf": 100,
+        "l2_regularization": 1.0,
+        "max_features": 0.5,
+    },
+    {
+        "learning_rate": 0.2,
+        "n_iter_no_change": 10,
+        "max_leaf_nodes": 15,
+        "min_samples_leaf": 100,
+        "l2_regularization": 1.0,
+        "max_features": 0.5,
+    },
 )
 
 
@@ -136,8 +148,9 @@ def build_pipeline(classifier: BaseEstimator) -> Pipeline:
 def default_candidates(seed: int) -> list[Candidate]:
     """The reference GradientBoosting (fitted on sparse features) and the HistGradientBoosting search
     (see HIST_SEARCH), slowest first."""
-    reference = Candidate("gradient_boosting", GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=seed),
-                          sparse=True)
+    reference = Candidate(
+        "gradient_boosting", GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=seed), sparse=True
+    )
     search = [Candidate(f"hist_gradient_boosting_{i + 1}",
                         HistGradientBoostingClassifier(**HIST_EARLY_STOPPING, **params, random_state=seed))
               for i, params in enumerate(HIST_SEARCH)]  # fmt: skip
@@ -256,8 +269,9 @@ def _train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candida
         search=search,
         fit_seconds={c.name: round(t, 3) for c, t in zip(candidates, seconds)},
         fit_cpu_seconds={c.name: round(t, 3) for c, t in zip(candidates, cpu_seconds)},
-        evaluation=evaluate(model, {k: splits[k] for k in ("validation", "test")}, figures=figures,
-                            seed=settings.random_seed),
+        evaluation=evaluate(
+            model, {k: splits[k] for k in ("validation", "test")}, figures=figures, seed=settings.random_seed
+        ),
         lineage=trained_on,
         input_example=splits["train"][0].loc[: INPUT_EXAMPLE_ROWS - 1, list(schema.FEATURE_INPUT_COLUMNS)],
         seconds=time.perf_counter() - started,

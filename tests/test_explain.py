@@ -20,8 +20,9 @@ from tests.factories import labelled_encounters
 
 CLASSIFIERS = {
     "gradient_boosting": lambda: GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0),
-    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(max_iter=40, max_features=0.5, random_state=0,
-                                                                     monotonic_cst=HIST_MONOTONIC),
+    "hist_gradient_boosting": lambda: HistGradientBoostingClassifier(
+        max_iter=40, max_features=0.5, random_state=0, monotonic_cst=HIST_MONOTONIC
+    ),
 }
 
 
@@ -95,7 +96,9 @@ def test_an_unknown_icd9_code_is_explained_as_the_other_group(model, rows):
     np.testing.assert_allclose(unknown.log_odds, logit(model.predict_proba(rows.head(20).assign(diag_1="XYZ123"))[:, 1]),
                                atol=1e-6)  # fmt: skip
     listed = [factor for row in range(20) for factor in unknown.factors(row) if factor["field"] == "diag_1"]
-    assert all(factor["value"] == "XYZ123" and factor["value_label"] == "XYZ123 (Other conditions)" for factor in listed)
+    assert all(
+        factor["value"] == "XYZ123" and factor["value_label"] == "XYZ123 (Other conditions)" for factor in listed
+    )
 
 
 def test_factors_are_at_most_five_request_fields_largest_first(model, rows):
@@ -129,7 +132,9 @@ def test_prior_visits_are_shared_between_the_visit_fields_that_make_them():
              ("number_outpatient", "number_emergency", "number_inpatient")}  # fmt: skip
     own = {name: by_feature[:, columns.index(name)] for name in field}
     assert explanation.contributions[0, field["number_outpatient"]] == pytest.approx(
-        own["number_outpatient"][0] + 0.75 * by_feature[0, visits])
+        own["number_outpatient"][0] + 0.75 * by_feature[0, visits]
+    )
     assert explanation.contributions[0, field["number_inpatient"]] == pytest.approx(own["number_inpatient"][0])
     assert explanation.contributions[1, field["number_inpatient"]] == pytest.approx(
-        own["number_inpatient"][1] + by_feature[1, visits] / 3)
+        own["number_inpatient"][1] + by_feature[1, visits] / 3
+    )
