@@ -395,7 +395,16 @@ def _live_chart(batches: pd.DataFrame, promoted: pd.DataFrame, floor: float) -> 
         tooltip=["batch", "model_version", alt.Tooltip("live_roc_auc:Q", format=".3f"), "top_drifting"])  # fmt: skip
     rule = alt.Chart(pd.DataFrame({"floor": [floor]})).mark_rule(strokeDash=[6, 4], color=BAND_COLOURS["high"]).encode(
         y="floor:Q")  # fmt: skip
-    return alt.layer(line, points, rule, height=280)
+    layers = [line, points, rule]
+    if len(promoted):  # each promotion at the first batch that arrived after it: the first the new version scored
+        received = pd.to_datetime(batches["received_at"], utc=True)
+        at = [batches["batch"][received >= when].min() for when in pd.to_datetime(promoted["promoted_at"], utc=True)]
+        marks = pd.DataFrame({"batch": at, "text": [f"v{v} promoted" for v in promoted["version"]]}).dropna()
+        marks = marks[marks["batch"].isin(scored["batch"])]
+        if len(marks):
+            layers += [alt.Chart(marks).mark_rule(color="#1565c0").encode(x=x),
+                       alt.Chart(marks).mark_text(align="left", dx=4, dy=-120, color="#1565c0").encode(x=x, text="text")]
+    return alt.layer(*layers, height=280)
 
 
 def monitoring_page(settings: Settings) -> None:
