@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score, recall_score, roc_auc_score
 
 from readmission import evaluate
 from readmission.features import target
@@ -73,7 +73,9 @@ def test_the_figures_are_drawn_as_png(model, splits):
 def test_permutation_importances_rank_the_planted_signal_first(model, splits):
     rows, labels = splits["test"]
     importances = evaluate.feature_importances(model, rows, labels, seed=0)
-    assert list(importances) == [str(n) for n in sorted(model[:-1].get_feature_names_out(), key=lambda n: -importances[n])]
+    assert list(importances) == [
+        str(n) for n in sorted(model[:-1].get_feature_names_out(), key=lambda n: -importances[n])
+    ]
     top = list(importances)[:3]
     assert {"number_inpatient", "total_prior_visits"} & set(top), top  # the synthetic data's strongest signal
     assert importances["weight_recorded"] == pytest.approx(0.0, abs=0.01)  # nothing planted there
@@ -119,6 +121,9 @@ def test_groups_are_scored_with_metricframe_and_small_ones_reported_not_scored(m
             assert group["status"] == "scored"
             assert group["roc_auc"] == pytest.approx(roc_auc_score(labels[members], probability[members]))
             assert group["positive_rate"] == pytest.approx(np.mean(probability[members] >= 0.5))
+            assert group["recall"] == pytest.approx(recall_score(labels[members], probability[members] >= 0.5))
+            assert group["ece"] == pytest.approx(evaluate.expected_calibration_error(labels[members],
+                                                                                     probability[members]))  # fmt: skip
     assert (table["status"] == "too small").any() and (table["status"] == "scored").any()
     summary = evaluate.group_summary(table)
     scored = table[table["status"] == "scored"]
