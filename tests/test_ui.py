@@ -418,7 +418,8 @@ def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loa
 
 
 def test_the_ui_imports_none_of_the_serving_stack():
-    """The image installs only the `ui` extra: FastAPI, gunicorn, uvicorn and Prometheus must not be needed."""
+    """The image installs only the `ui` extra: FastAPI, gunicorn, uvicorn and Prometheus must not be needed
+    (SQLAlchemy is in the extra, but only the Monitoring page imports it, when it reads the stores)."""
     script = (
         "import importlib.abc, sys\n"
         "class Refuse(importlib.abc.MetaPathFinder):\n"

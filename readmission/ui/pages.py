@@ -402,8 +402,10 @@ def _live_chart(batches: pd.DataFrame, promoted: pd.DataFrame, floor: float) -> 
         marks = pd.DataFrame({"batch": at, "text": [f"v{v} promoted" for v in promoted["version"]]}).dropna()
         marks = marks[marks["batch"].isin(scored["batch"])]
         if len(marks):
-            layers += [alt.Chart(marks).mark_rule(color="#1565c0").encode(x=x),
-                       alt.Chart(marks).mark_text(align="left", dx=4, dy=-120, color="#1565c0").encode(x=x, text="text")]
+            layers += [
+                alt.Chart(marks).mark_rule(color="#1565c0").encode(x=x),
+                alt.Chart(marks).mark_text(align="left", dx=4, dy=-120, color="#1565c0").encode(x=x, text="text"),
+            ]
     return alt.layer(*layers, height=280)
 
 
