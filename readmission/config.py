@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     target: Literal["any", "30day"] = "any"
     promotion_min_auc: float = Field(0.60, ge=0, le=1)
     promotion_tolerance: float = Field(0.005, ge=0, le=1)
+    # How far the worst patient group's ROC-AUC (race, gender, age band) may fall below the champion's.
+    promotion_group_tolerance: float = Field(0.02, ge=0, le=1)
     random_seed: int = 42
 
     # --- inference service ------------------------------------------------------------

@@ -297,13 +297,17 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
             *(rows(column, encoding) for column, encoding in CATEGORICAL),
             (list(COUNT_COLUMNS), counts),
             (["total_prior_visits"], (visits[0] + visits[1] + visits[2])[:, None]),
-            *(([f"{column}_{g}" for g in schema.DIAGNOSIS_GROUPS], group_rows[at[column]])
-              for column in schema.DIAGNOSIS_COLUMNS),  # fmt: skip
+            *(
+                ([f"{column}_{g}" for g in schema.DIAGNOSIS_GROUPS], group_rows[at[column]])
+                for column in schema.DIAGNOSIS_COLUMNS
+            ),  # fmt: skip
             rows("max_glu_serum", GLUCOSE),
             rows("A1Cresult", A1C),
             ([f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS], medications),
-            (["medications_active", "medications_changed"],
-             np.column_stack([(medications > 0).sum(axis=1), (medications >= 2).sum(axis=1)]).astype(float)),
+            (
+                ["medications_active", "medications_changed"],
+                np.column_stack([(medications > 0).sum(axis=1), (medications >= 2).sum(axis=1)]).astype(float),
+            ),
             rows("change", CHANGE),
             rows("diabetesMed", DIABETES_MEDICATION),
         ]
@@ -327,3 +331,35 @@ def target(readmitted: pd.Series, kind: str = "any") -> pd.Series:
     """The label: any readmission (`<30` or `>30`), or 30-day readmission (`<30`) when kind is '30day'."""
     positive = ["<30"] if kind == "30day" else ["<30", ">30"]
     return readmitted.isin(positive).astype(int)
+
+
+# Features computed from several input columns: the columns, the features whose values say how much of
+# the feature each column makes (one per column, in the same order), and that share from those values.
+DERIVED_FEATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...], object]] = {
+    "total_prior_visits": (VISIT_COLUMNS, VISIT_COLUMNS, lambda visits: visits),
+    "medications_active": (schema.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS),
+                           lambda ranks: ranks > 0),
+    "medications_changed": (schema.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS),
+                            lambda ranks: ranks >= 2),
+}  # fmt: skip
+
+
+@lru_cache
+def feature_sources() -> dict[str, tuple[str, ...]]:
+    """The input column(s) each output feature is computed from, in output order.
+
+    Most features come from one column (a one-hot level, a count, an ICD-9 group of one
+    diagnosis, one medication); `DERIVED_FEATURES` come from several.
+    """
+    sources: dict[str, tuple[str, ...]] = {}
+    for column, encoding in CATEGORICAL:
+        sources |= dict.fromkeys(encoding.names, (column,))
+    sources |= {column: (column,) for column in COUNT_COLUMNS}
+    sources["total_prior_visits"] = DERIVED_FEATURES["total_prior_visits"][0]
+    for column in schema.DIAGNOSIS_COLUMNS:
+        sources |= {f"{column}_{group}": (column,) for group in schema.DIAGNOSIS_GROUPS}
+    sources |= dict.fromkeys(GLUCOSE.names, ("max_glu_serum",)) | dict.fromkeys(A1C.names, ("A1Cresult",))
+    sources |= {f"med_{m.replace('-', '_')}": (m,) for m in schema.MEDICATIONS}
+    sources |= {name: DERIVED_FEATURES[name][0] for name in ("medications_active", "medications_changed")}
+    sources |= dict.fromkeys(CHANGE.names, ("change",)) | dict.fromkeys(DIABETES_MEDICATION.names, ("diabetesMed",))
+    return sources

@@ -41,6 +41,8 @@ SKOPS_TRUSTED_TYPES: tuple[str, ...] = (
     "readmission.features.EncounterFeatures",  # the feature step of every model
     "sklearn.tree._tree.Tree",  # the trees of GradientBoostingClassifier
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # the trees of HistGradientBoostingClassifier
+    "sklearn.calibration._CalibratedClassifier",  # the calibrated candidate: CalibratedClassifierCV's fitted pair,
+    "sklearn.calibration._SigmoidCalibration",  # and its Platt sigmoid (readmission.train.calibrated)
 )
 
 

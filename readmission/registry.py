@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from readmission import drift, mlflow_model, schema
+from readmission import drift, evaluate, mlflow_model, schema
 from readmission.config import Settings
 from readmission.evaluate import THRESHOLD_RULE, positive_probability
 from readmission.features import target
@@ -42,6 +42,7 @@ from readmission.train import Candidate, TrainingResult, train
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+GROUP_ARTIFACT = "group_metrics.json"  # evaluate.group_table of the test split
 LOCAL_TRACKING_SCHEMES = ("sqlite", "file", "mysql", "postgresql", "mssql")  # the client writes artifacts itself
 
 PROMOTED, KEPT, REFUSED = "promoted", "kept_as_challenger", "refused"
@@ -147,6 +148,8 @@ def log_training(result: TrainingResult, settings: Settings) -> ModelVersion:
             mlflow.log_figure(figure, f"plots/{name}")
         if result.evaluation.importances:
             mlflow.log_dict(result.evaluation.importances, "feature_importance.json")
+        if result.evaluation.groups is not None:
+            mlflow.log_dict(group_records(result.evaluation.groups), GROUP_ARTIFACT)
         info = mlflow_model.log_model(
             result.model,
             result.input_example,
@@ -215,17 +218,37 @@ def _champion(mlflow_client: MlflowClient, settings: Settings) -> ModelVersion |
         raise
 
 
-def score_version(settings: Settings, version: str, rows: pd.DataFrame, labels: np.ndarray) -> float:
-    """ROC-AUC of registered `version` on `rows` (raw columns) against `labels`."""
+def group_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """`evaluate.group_table` as JSON-ready records (null for a group too small to score)."""
+    return [{key: (None if isinstance(value, float) and np.isnan(value) else value) for key, value in row.items()}
+            for row in table.to_dict(orient="records")]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A version's ROC-AUC on the gate's test rows, overall and on its worst patient group."""
+
+    roc_auc: float
+    worst_group_roc_auc: float | None
+    worst_group: str | None
+
+
+def score_version(settings: Settings, version: str, rows: pd.DataFrame, labels: np.ndarray) -> Scores:
+    """ROC-AUC of registered `version` on `rows` (raw columns) against `labels`, overall and per group."""
     model = load_pipeline(f"models:/{settings.model_name}/{version}", settings)
-    return float(roc_auc_score(labels, positive_probability(model, rows)))
+    probability = positive_probability(model, rows)
+    summary = evaluate.group_summary(evaluate.group_table(rows, labels, probability, threshold=0.5))
+    return Scores(float(roc_auc_score(labels, probability)), summary.get("roc_auc_worst_group"),
+                  summary.get("worst_group"))  # fmt: skip
 
 
 def run_gate(settings: Settings, version: str, test_rows: pd.DataFrame) -> GateDecision:
     """Promote `version` to `@production`, or give it `@challenger`, by ROC-AUC on `test_rows` (the current test split).
 
-    It is promoted when its ROC-AUC is at least `promotion_min_auc` and not lower than the
-    champion's by more than `promotion_tolerance` (no champion: the floor alone decides).
+    It is promoted when its ROC-AUC is at least `promotion_min_auc`, not lower than the
+    champion's by more than `promotion_tolerance`, and its worst patient group's ROC-AUC (race,
+    gender, age band: `evaluate.group_table`) not lower than the champion's worst group's by
+    more than `promotion_group_tolerance` (no champion: the floor alone decides).
     A champion that cannot be loaded or scored is not compared blindly: the challenger is
     kept and the reason is written down. The decision and both scores become version tags.
     """
@@ -239,7 +262,8 @@ def run_gate(settings: Settings, version: str, test_rows: pd.DataFrame) -> GateD
     champion_version = str(champion.version) if champion else None
     challenger_auc = champion_auc = None
     try:
-        challenger_auc = score_version(settings, version, test_rows, labels)
+        challenger_scores = score_version(settings, version, test_rows, labels)
+        challenger_auc = challenger_scores.roc_auc
     except Exception as exc:  # noqa: BLE001 - whatever breaks loading, the gate must answer, not crash
         decision, reason = REFUSED, f"the challenger could not be loaded or scored: {type(exc).__name__}: {exc}"
     else:
@@ -250,13 +274,16 @@ def run_gate(settings: Settings, version: str, test_rows: pd.DataFrame) -> GateD
             reason = f"no champion yet; ROC-AUC {challenger_auc:.4f} {'clears' if decision == PROMOTED else 'is below'} the floor {floor}"
         else:
             try:
-                champion_auc = score_version(settings, champion_version, test_rows, labels)
+                champion_scores = score_version(settings, champion_version, test_rows, labels)
+                champion_auc = champion_scores.roc_auc
             except Exception as exc:  # noqa: BLE001 - a missing or corrupt artifact must not crash the gate
                 decision = REFUSED
                 reason = (f"champion version {champion_version} could not be loaded or scored, so the challenger is "
                           f"not promoted blindly: {type(exc).__name__}: {exc}")  # fmt: skip
             else:
                 decision, reason = _compare(challenger_auc, champion_auc, champion_version, floor, tolerance)
+                if decision == PROMOTED and (worse := _worse_group(challenger_scores, champion_scores, settings)):
+                    decision, reason = KEPT, worse
     alias = ""  # a challenger that cannot even be loaded gets no alias
     if decision == PROMOTED:
         if champion_version != version:
@@ -266,11 +293,30 @@ def run_gate(settings: Settings, version: str, test_rows: pd.DataFrame) -> GateD
         mlflow_client.set_registered_model_alias(settings.model_name, settings.challenger_alias, version)
         alias = settings.challenger_alias
     result = GateDecision(version, decision, alias, challenger_auc, champion_version, champion_auc, reason[:4000])
+    scored = challenger_scores if challenger_auc is not None else Scores(0.0, None, None)
+    champion_worst = champion_scores.worst_group_roc_auc if champion_auc is not None else None
+    groups = {"gate.challenger_worst_group": scored.worst_group or "none",
+              "gate.challenger_worst_group_roc_auc": scored.worst_group_roc_auc,
+              "gate.champion_worst_group_roc_auc": champion_worst,
+              "gate.group_tolerance": settings.promotion_group_tolerance}  # fmt: skip
     for key, value in {**result.tags(), "gate.test_rows": str(len(test_rows)), "gate.min_auc": str(floor),
-                       "gate.tolerance": str(tolerance), "gate.decided_at": _now()}.items():  # fmt: skip
+                       "gate.tolerance": str(tolerance), "gate.decided_at": _now(),
+                       **{k: v if isinstance(v, str) else _text(v) for k, v in groups.items()}}.items():  # fmt: skip
         mlflow_client.set_model_version_tag(settings.model_name, version, key, value)
     log.info("%s", result)
     return result
+
+
+def _worse_group(challenger: Scores, champion: Scores, settings: Settings) -> str | None:
+    """Why the challenger's worst group is too far below the champion's worst (PROMOTION_GROUP_TOLERANCE), or None."""
+    tolerance = settings.promotion_group_tolerance
+    if challenger.worst_group_roc_auc is None or champion.worst_group_roc_auc is None:
+        return None
+    if challenger.worst_group_roc_auc >= champion.worst_group_roc_auc - tolerance:
+        return None
+    return (f"worst-group ROC-AUC {challenger.worst_group_roc_auc:.4f} ({challenger.worst_group}) vs the champion's "
+            f"{champion.worst_group_roc_auc:.4f} ({champion.worst_group}): lower by more than the group tolerance "
+            f"{tolerance} (PROMOTION_GROUP_TOLERANCE)")  # fmt: skip
 
 
 def _compare(challenger: float, champion: float, champion_version: str, floor: float,

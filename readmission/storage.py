@@ -342,6 +342,11 @@ class Storage:
         """Every batch's log row, by batch number."""
         return _read(self.raw, sa.select(batch_log_table).order_by(batch_log_table.c.batch_number))
 
+    def predictions(self) -> pd.DataFrame:
+        """Every stored prediction (batch, model version, probability, prediction, label), by batch and id."""
+        table = predictions_table
+        return _read(self.clean, sa.select(table).order_by(table.c.batch_number, table.c.id))
+
     def stored_batches(self) -> list[int]:
         """The batches whose raw and clean writes both completed (status `stored`), in order."""
         query = sa.select(batch_log_table.c.batch_number).where(batch_log_table.c.status == STORED)
@@ -550,7 +555,9 @@ def _read(engine: Engine, query: sa.Select) -> pd.DataFrame:
 def _source_text(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows `_read` from diabetes_raw with the source columns as the data API client gives them: text or
     None (as read), and encounter_id (a BIGINT) back as text."""
-    return frame.assign(encounter_id=pd.Series([str(i) for i in frame["encounter_id"]], index=frame.index, dtype=object))
+    return frame.assign(
+        encounter_id=pd.Series([str(i) for i in frame["encounter_id"]], index=frame.index, dtype=object)
+    )
 
 
 def _insert(conn: Connection, table: sa.Table, frame: pd.DataFrame, constants: dict[str, Any], chunk_rows: int) -> None:
@@ -638,8 +645,10 @@ def _load_mysql(conn: Connection, table: sa.Table, chunks: list[pa.Table], const
     columns = ",".join(quote(c) for c in chunks[0].column_names)
     assignments = ", ".join(f"{quote(name)} = {literal(value)}" for name, value in constants.items())
     # The format spelled out in hex: NO_BACKSLASH_ESCAPES changes the default escape and how '\\' reads.
-    into = (f" INTO TABLE {quote(table.name)} CHARACTER SET utf8mb4 FIELDS TERMINATED BY X'09' ESCAPED BY X'5C'"
-            f" LINES TERMINATED BY X'0A' ({columns})" + (f" SET {assignments}" if assignments else ""))
+    into = (
+        f" INTO TABLE {quote(table.name)} CHARACTER SET utf8mb4 FIELDS TERMINATED BY X'09' ESCAPED BY X'5C'"
+        f" LINES TERMINATED BY X'0A' ({columns})" + (f" SET {assignments}" if assignments else "")
+    )
 
     def load(file: tuple[Path, int]) -> None:
         path, rows = file
@@ -707,7 +716,9 @@ def _mysql_values(table: pa.Table, form: _Format) -> list[pa.Array]:
     rows = table.num_rows
     for kind, render in (("float", _floats), ("integer", _integers), ("text", form.text)):
         if kinds[kind]:
-            values = pc.fill_null(render(pa.concat_arrays([_as(table.column(i), kind) for i in kinds[kind]])), form.null)
+            values = pc.fill_null(
+                render(pa.concat_arrays([_as(table.column(i), kind) for i in kinds[kind]])), form.null
+            )
             rendered |= {i: values.slice(n * rows, rows) for n, i in enumerate(kinds[kind])}
     return [rendered[i] for i in range(table.num_columns)]
 

@@ -36,7 +36,6 @@ def encounter(**overrides) -> dict[str, str]:
     return row | overrides
 
 
-
 # --- models ---------------------------------------------------------------------------------------
 
 
@@ -59,12 +58,42 @@ def register_model(settings, seed: int = 0, trees: int = 30, promote: bool = Tru
     from readmission.train import Candidate, train
 
     classifier = GradientBoostingClassifier(n_estimators=trees, max_depth=2, random_state=seed)
-    result = train(labelled_encounters(seed=seed), settings, [Candidate("gradient_boosting", classifier)],
-                   figures=figures)
+    result = train(
+        labelled_encounters(seed=seed), settings, [Candidate("gradient_boosting", classifier)], figures=figures
+    )
     version = str(registry.log_training(result, settings).version)
     if promote:
         registry.promote(settings, version)
     return version
+
+
+def monitored_store(settings, version: str, rows: int = 400) -> None:
+    """Three batches ingested into `settings`' stores as the DAG does, with the predictions `score_batch` stores:
+    batch 1 came before any model (not scored), batch 2 was scored by `version`, and batch 3 too, but on it the
+    model ranks patients backwards (its outcomes are the reverse of what the model learnt): live ROC-AUC well
+    below the floor."""
+    from readmission import evaluate, ingest, registry
+    from readmission.features import target
+    from readmission.sources import Batch
+    from readmission.storage import Storage
+
+    model = registry.load_pipeline(f"models:/{settings.model_name}/{version}", settings)
+    storage = Storage.from_settings(settings)
+    try:
+        storage.create_schema()
+        for number in (1, 2, 3):
+            batch = encounter_rows(rows, seed=40 + number, first_encounter_id=100_000 * number)
+            ingest.ingest_batch(storage, Batch(number, 3, batch), "test")
+            if number == 1:
+                continue
+            labels = target(batch["readmitted"]).to_numpy()
+            probability = evaluate.positive_probability(model, batch)
+            predictions = pd.DataFrame({"encounter_id": batch["encounter_id"].astype("int64"),
+                                        "probability": probability, "prediction": (probability >= 0.5).astype(int),
+                                        "label": 1 - labels if number == 3 else labels})  # fmt: skip
+            storage.write_predictions(number, settings.model_name, version, predictions)
+    finally:
+        storage.dispose()
 
 
 # --- pipeline runs ----------------------------------------------------------------------------------

@@ -120,7 +120,13 @@ def test_a_run_logs_params_metrics_figures_lineage_and_a_model_of_raw_columns(ma
     assert version.tags["run_id"] == run.info.run_id and version.tags["target"] == "any"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {f"plots/{n}" for n in ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png",
-                                            "feature_importance.png")}  # fmt: skip
+                                            "reliability_diagram.png", "feature_importance.png")}  # fmt: skip
+    for name in ("test_ece", "test_brier", "test_roc_auc_worst_group", "test_roc_auc_group_gap"):
+        assert run.data.metrics[name] == pytest.approx(good_model.evaluation.metrics[name])
+    groups = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{registry.GROUP_ARTIFACT}")
+    assert groups == registry.group_records(good_model.evaluation.groups)
+    assert {row["attribute"] for row in groups} == {"race", "gender", "age_band"}
+    assert any(row["status"] == "too small" and row["roc_auc"] is None for row in groups)
 
     model = mlflow.models.get_model_info(f"models:/{settings.model_name}/{version.version}")
     types = signature_types(model.signature)
@@ -131,10 +137,12 @@ def test_a_run_logs_params_metrics_figures_lineage_and_a_model_of_raw_columns(ma
     assert model.flavors["python_function"]["artifacts"]["pipeline"]["path"].endswith("pipeline.skops")
 
 
-def test_hist_gradient_boosting_models_trust_their_own_tree_type_only():
+def test_calibrated_hist_gradient_boosting_models_trust_their_own_types_only():
     hist = Candidate("hist_gradient_boosting", HistGradientBoostingClassifier(max_iter=5))
     model = train(ENCOUNTERS, Settings(_env_file=None), [hist], figures=False).model
     assert mlflow_model.trusted_types(model) == ["readmission.features.EncounterFeatures",
+                                             "sklearn.calibration._CalibratedClassifier",
+                                             "sklearn.calibration._SigmoidCalibration",
                                              "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 
@@ -240,6 +248,34 @@ def test_a_worse_challenger_is_kept_as_challenger(on_server, plain_model, chance
     assert aliases(settings) == {"production": champion, "challenger": challenger}
     tags = version_tags(settings, challenger)
     assert float(tags["gate.challenger_roc_auc"]) < float(tags["gate.champion_roc_auc"]) - 0.01
+
+
+def test_a_challenger_worse_on_one_patient_group_is_refused_naming_the_group(make_settings):
+    """The challenger learnt from data whose women's labels are noise: as good overall within a loose tolerance,
+    far worse for women than the champion, so PROMOTION_GROUP_TOLERANCE keeps it out of production."""
+    encounters = labelled_encounters(rows=6_000, seed=21)
+    noisy = encounters.copy()
+    women = (noisy["split"] == "train") & (noisy["gender"] == "Female")
+    noisy.loc[women, "readmitted"] = np.random.default_rng(0).choice(["NO", "<30"], women.sum())
+    deeper = [Candidate("gradient_boosting", GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=0))]
+    settings = make_settings(promotion_min_auc=0.5, promotion_tolerance=0.5)
+    test_rows = encounters[encounters["split"] == "test"].reset_index(drop=True)
+    champion = log(train(encounters, settings, deeper, figures=False), settings)
+    registry.run_gate(settings, champion, test_rows)
+    challenger = log(train(noisy, settings, deeper, figures=False), settings)
+
+    decision = registry.run_gate(settings, challenger, test_rows)
+
+    assert decision.decision == "kept_as_challenger"
+    assert "worst-group ROC-AUC" in decision.reason and "(gender=Female)" in decision.reason
+    assert "PROMOTION_GROUP_TOLERANCE" in decision.reason
+    assert aliases(settings) == {"production": champion, "challenger": challenger}
+    tags = version_tags(settings, challenger)
+    assert tags["gate.challenger_worst_group"] == "gender=Female" and tags["gate.group_tolerance"] == "0.020000"
+    assert float(tags["gate.challenger_worst_group_roc_auc"]) < float(tags["gate.champion_worst_group_roc_auc"]) - 0.02
+
+    looser = make_settings(promotion_min_auc=0.5, promotion_tolerance=0.5, promotion_group_tolerance=0.5)
+    assert registry.run_gate(looser, challenger, test_rows).promoted
 
 
 def test_rollback_returns_production_to_the_previous_champion(on_server, plain_model):

@@ -65,6 +65,13 @@ def bodies(frame: pd.DataFrame) -> list[dict]:
     return [request_body(row) for row in frame.to_dict(orient="records")]
 
 
+def same_factors(some: list[dict], others: list[dict]) -> bool:
+    """The same fields, values and directions, and contributions equal but for the last bits."""
+    exact = [{k: v for k, v in factor.items() if k != "contribution"} for factor in some]
+    return exact == [{k: v for k, v in factor.items() if k != "contribution"} for factor in others] and [
+        f["contribution"] for f in some] == pytest.approx([f["contribution"] for f in others], abs=1e-9)
+
+
 def served_pipeline(settings: Settings, version: str):
     """The registered pipeline of `version`, loaded in this process the way the service loads it."""
     pinned = settings.model_copy(update={"model_uri": f"models:/{settings.model_name}/{version}"})
@@ -91,7 +98,14 @@ def test_the_model_card_describes_the_production_version_and_its_lineage(api, fi
     assert card["uri"] == f"models:/diabetes-readmission/{first_version}" and card["run_id"]
     assert 0.5 < card["metrics"]["test_roc_auc"] <= 1
     assert card["decision_threshold"] == pytest.approx(card["metrics"]["decision_threshold"])
-    assert card["tags"]["lineage.training_data_sha256"] and card["tags"]["candidate"] == "gradient_boosting"
+    assert card["tags"]["lineage.training_data_sha256"]
+    assert card["tags"]["candidate"] == "gradient_boosting_calibrated"
+    groups = {(g["attribute"], g["group"]): g for g in card["groups"]}
+    assert {attribute for attribute, _ in groups} == {"race", "gender", "age_band"}
+    assert sum(g["encounters"] for g in card["groups"] if g["attribute"] == "gender") == card["metrics"]["test_rows"]
+    for group in card["groups"]:  # the registered model's test split is small: most groups are too small to score
+        scored = group["encounters"] >= 200
+        assert group["status"] == ("scored" if scored else "too small") and (group["roc_auc"] is None) != scored
     assert [f["name"] for f in card["input_fields"]] == list(schema.FEATURE_INPUT_COLUMNS)
     assert {f["name"] for f in card["input_fields"] if f["required"]} == set(REQUIRED)
     assert card["loaded_at"] and card["load_seconds"] > 0
@@ -128,6 +142,42 @@ def test_an_unknown_icd9_code_is_accepted_as_the_other_group(api):
     answers = [requests.post(f"{api}/predict", json=body, timeout=10) for body in (unknown, other)]
     assert [a.status_code for a in answers] == [200, 200]
     assert answers[0].json()["probability"] == answers[1].json()["probability"]
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_an_explained_prediction_lists_the_fields_that_moved_the_risk(api, registry_settings):
+    from readmission.explain import Explainer
+
+    body = {**EXAMPLE_ENCOUNTER, "number_inpatient": 4, "diag_1": "Z99.9"}  # an unknown ICD-9 code among them
+    plain = requests.post(f"{api}/predict", json=body, timeout=10).json()
+    explained = requests.post(f"{api}/predict", params={"explain": "true"}, json=body, timeout=30).json()
+    assert plain["factors"] is None and {k: explained[k] for k in ("probability", "risk_band")} == {
+        k: plain[k] for k in ("probability", "risk_band")}
+    assert explained["factors_scale"] == "log-odds" and 1 <= len(explained["factors"]) <= 5
+    pipeline = served_pipeline(registry_settings, explained["model_version"])
+    expected = Explainer(pipeline).explain(pd.DataFrame([body])[list(schema.FEATURE_INPUT_COLUMNS)])
+    assert explained["base_log_odds"] == pytest.approx(expected.base_value)
+    assert same_factors(explained["factors"], expected.factors(0))
+    for factor in explained["factors"]:
+        assert factor["value"] == body[factor["field"]] and factor["label"] and factor["value_label"]
+    by_field = {factor["field"]: factor for factor in explained["factors"]}
+    assert by_field["number_inpatient"]["label"] == "Inpatient admissions in the past year"
+    assert by_field["number_inpatient"]["direction"] == "raises"
+
+
+def test_a_batch_explains_every_row_like_single_requests(api, encounters):
+    rows = bodies(encounters.head(6))
+    batch = requests.post(f"{api}/predict/batch", params={"explain": "true"}, json=rows, timeout=30).json()
+    by_csv = requests.post(f"{api}/predict/batch?explain=true", data=encounters.head(6).to_csv(index=False),
+                           headers={"Content-Type": "text/csv"}, timeout=30).json()  # fmt: skip
+    singles = [requests.post(f"{api}/predict?explain=true", json=row, timeout=10).json() for row in rows]
+    for single, row_answer, csv_answer in zip(singles, batch["predictions"], by_csv["predictions"], strict=True):
+        assert {k: single[k] for k in row_answer if k != "factors"} == pytest.approx(
+            {k: v for k, v in row_answer.items() if k != "factors"})
+        assert same_factors(single["factors"], row_answer["factors"])
+        assert same_factors(csv_answer["factors"], row_answer["factors"])
+    plain = requests.post(f"{api}/predict/batch", json=rows, timeout=30).json()
+    assert all("factors" not in answer for answer in plain["predictions"])
 
 
 @pytest.mark.parametrize("field, value, kind", [

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
@@ -50,13 +51,17 @@ def test_the_model_takes_raw_encounter_columns_and_beats_chance_clearly(frame, r
     assert isinstance(result.model.named_steps["features"], EncounterFeatures)
 
 
-def test_the_candidate_with_the_best_validation_score_is_kept(result):
-    assert set(result.search) == {"chance", "small_boosting"}
+def test_the_candidate_with_the_best_validation_score_is_kept_calibrated(result):
+    assert set(result.search) == {"chance", "small_boosting", "small_boosting_calibrated"}
     assert result.search["chance"] == pytest.approx(0.5)
-    assert result.candidate == "small_boosting"
-    assert isinstance(result.model.named_steps["classifier"], GradientBoostingClassifier)
+    assert result.search["small_boosting_calibrated"] == pytest.approx(result.search["small_boosting"])
+    assert result.candidate == "small_boosting_calibrated"
+    classifier = result.model.named_steps["classifier"]
+    assert isinstance(classifier, CalibratedClassifierCV)
+    assert isinstance(classifier.calibrated_classifiers_[0].estimator.estimator, GradientBoostingClassifier)
     assert result.params["classifier"] == "GradientBoostingClassifier" and result.params["n_estimators"] == 30
-    assert set(result.fit_seconds) == set(result.fit_cpu_seconds) == set(result.search)
+    assert result.params["calibration"] == "sigmoid"
+    assert set(result.fit_seconds) == set(result.fit_cpu_seconds) == {"chance", "small_boosting"}
     assert all(seconds >= 0 for seconds in [*result.fit_seconds.values(), *result.fit_cpu_seconds.values()])
 
 
@@ -150,3 +155,28 @@ def test_quality_on_the_real_data_set_holds(real_dataset_path, make_settings, ki
     metrics = result.evaluation.metrics
     assert metrics["test_roc_auc"] >= floor - MARGIN, metrics
     assert metrics["test_roc_auc"] < 0.72 + MARGIN, "this good calls for a leakage audit before it is believed"
+
+
+def test_the_calibrated_candidate_is_fitted_on_the_validation_split_and_never_sees_test_rows(frame, result):
+    """Its sigmoid is the one fitted on validation; scrambling every test row (labels and values) changes nothing."""
+    from readmission.config import Settings
+
+    classifier = result.model.named_steps["classifier"]
+    trees = classifier.calibrated_classifiers_[0].estimator.estimator
+    validation = frame[frame["split"] == "validation"]
+    features = EncounterFeatures().fit(validation).transform(validation)
+    labels = validation["readmitted"].isin(["<30", ">30"]).astype(int).to_numpy()
+    refitted = train.calibrated(trees, features, labels).calibrated_classifiers_[0].calibrators[0]
+    sigmoid = classifier.calibrated_classifiers_[0].calibrators[0]
+    assert (sigmoid.a_, sigmoid.b_) == (refitted.a_, refitted.b_)
+
+    scrambled = frame.copy()
+    test = scrambled["split"] == "test"
+    rng = np.random.default_rng(1)
+    for column in ("readmitted", "number_inpatient", "age", "diag_1"):
+        scrambled.loc[test, column] = rng.permutation(scrambled.loc[test, column].to_numpy())
+    scrambled.loc[test, "readmitted"] = np.where(scrambled.loc[test, "readmitted"] == "NO", "<30", "NO")
+    again = train.train(scrambled, Settings(_env_file=None), [small_boosting()], figures=False)
+    other = again.model.named_steps["classifier"].calibrated_classifiers_[0].calibrators[0]
+    assert (other.a_, other.b_) == (sigmoid.a_, sigmoid.b_)
+    assert again.evaluation.metrics["test_roc_auc"] != result.evaluation.metrics["test_roc_auc"]  # test rows did change

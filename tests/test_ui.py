@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pyarrow.ipc
 import pytest
 import requests
 from streamlit.testing.v1 import AppTest
@@ -50,6 +51,12 @@ def assert_no_traceback(app: AppTest) -> None:
     assert "Traceback" not in shown_text(app)
 
 
+def expected_factors(served_model, changes: dict) -> list[dict]:
+    """The API's factors for the form's defaults with `changes`."""
+    body = {**forms.encounter_payload(forms.default_values()), **changes}
+    return requests.post(f"{served_model.url}/predict?explain=true", timeout=10, json=body).json()["factors"]
+
+
 @pytest.fixture
 def ui_settings(served_model, make_settings) -> Settings:
     """The UI's settings: the real API, and the MLflow store its model was registered in."""
@@ -58,7 +65,9 @@ def ui_settings(served_model, make_settings) -> Settings:
 
 @pytest.fixture
 def api_down_settings(make_settings) -> Settings:
-    return make_settings(api_url=f"http://127.0.0.1:{free_port()}", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    return make_settings(
+        api_url=f"http://127.0.0.1:{free_port()}", mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}"
+    )
 
 
 # --- the form as data ---------------------------------------------------------------------
@@ -66,11 +75,15 @@ def api_down_settings(make_settings) -> Settings:
 
 def test_every_form_field_is_a_raw_input_column_and_every_option_is_accepted_by_the_api_model():
     assert set(forms.FIELDS) <= set(schema.FEATURE_INPUT_COLUMNS)
-    assert set(schema.MEDICATIONS) | {"race", "age", "diag_1", "A1Cresult", "change", "diabetesMed"} <= set(forms.FIELDS)
+    assert set(schema.MEDICATIONS) | {"race", "age", "diag_1", "A1Cresult", "change", "diabetesMed"} <= set(
+        forms.FIELDS
+    )
     defaults = forms.encounter_payload(forms.default_values())
     assert forms.field_errors(defaults) == {}
     for column, field in forms.FIELDS.items():
-        values = field.options if isinstance(field, forms.Choice) else field.bounds if isinstance(field, forms.Count) else []
+        values = (
+            field.options if isinstance(field, forms.Choice) else field.bounds if isinstance(field, forms.Count) else []
+        )
         for value in values:
             assert forms.field_errors({**defaults, column: value}) == {}, (column, value)
 
@@ -83,9 +96,17 @@ def test_code_tables_are_labelled_with_the_data_sets_descriptions_not_ids():
     assert forms.FIELDS["race"].labels[schema.MISSING] == forms.NOT_RECORDED
 
 
-@pytest.mark.parametrize(("code", "group"), [("428", "Circulatory system"), ("250.01", "Diabetes"),
-                                             ("V45", "Supplementary factors (V code)"), ("", forms.NOT_RECORDED),
-                                             ("999.9", "Injury and poisoning"), ("042", "Other conditions")])
+@pytest.mark.parametrize(
+    ("code", "group"),
+    [
+        ("428", "Circulatory system"),
+        ("250.01", "Diabetes"),
+        ("V45", "Supplementary factors (V code)"),
+        ("", forms.NOT_RECORDED),
+        ("999.9", "Injury and poisoning"),
+        ("042", "Other conditions"),
+    ],
+)
 def test_a_diagnosis_code_is_shown_with_the_group_the_model_puts_it_in(code, group):
     assert forms.diagnosis_group(code) == group
 
@@ -124,16 +145,25 @@ def test_rows_the_request_model_rejects_are_reported_with_line_and_reason_and_th
     assert list(prepared.rejected["line"]) == [3, 6]
     assert list(prepared.rejected["encounter_id"]) == [frame.loc[1, "encounter_id"], frame.loc[4, "encounter_id"]]
     assert prepared.rejected["reason"][0].startswith("age = '[70-80]': Input should be")
-    assert "time_in_hospital = '99'" in prepared.rejected["reason"][1] and "insulin = 'More'" in prepared.rejected["reason"][1]
+    assert (
+        "time_in_hospital = '99'" in prepared.rejected["reason"][1]
+        and "insulin = 'More'" in prepared.rejected["reason"][1]
+    )
 
 
 def test_scored_rows_keep_the_uploaded_columns_and_the_answer_replaces_columns_of_the_same_name():
     frame = synthetic_dataset(3, seed=5).assign(ward="B2", probability="old")
     frame.loc[1, "gender"] = "F"
     prepared = batch.prepare_batch(frame, max_rows=10)
-    answer = BatchPrediction(model_name="m", model_version="1", rows=2, predictions=[
-        {"prediction": 0, "probability": 0.1, "risk_band": "low", "label": RISK_LABELS["low"]},
-        {"prediction": 1, "probability": 0.9, "risk_band": "high", "label": RISK_LABELS["high"]}])
+    answer = BatchPrediction(
+        model_name="m",
+        model_version="1",
+        rows=2,
+        predictions=[
+            {"prediction": 0, "probability": 0.1, "risk_band": "low", "label": RISK_LABELS["low"]},
+            {"prediction": 1, "probability": 0.9, "risk_band": "high", "label": RISK_LABELS["high"]},
+        ],
+    )
     scored = batch.scored_frame(prepared, answer)
     assert list(scored["line"]) == [2, 4] and list(scored["encounter_id"]) == list(frame["encounter_id"].iloc[[0, 2]])
     assert list(scored["probability"]) == [0.1, 0.9] and list(scored["ward"]) == ["B2", "B2"]
@@ -142,9 +172,14 @@ def test_scored_rows_keep_the_uploaded_columns_and_the_answer_replaces_columns_o
     assert pd.read_csv(io.BytesIO(batch.scored_csv(scored)))["risk_band"].tolist() == ["low", "high"]
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "empty"), (b"race,gender\n", "no rows"), (b"race,gender\nCaucasian,Female\n", "lacks required columns: age"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"race,gender\n", "no rows"),
+        (b"race,gender\nCaucasian,Female\n", "lacks required columns: age"),
+    ],
+)
 def test_a_file_that_cannot_be_scored_is_refused_with_the_reason(content, message):
     with pytest.raises(batch.BatchFileError, match=message):
         batch.prepare_batch(batch.read_upload(content), max_rows=10)
@@ -195,6 +230,14 @@ def test_a_filled_form_shows_the_apis_band_probability_and_model_version(ui_sett
     assert f"Probability of readmission: {expected['probability']:.0%}" in text
     assert f"Model: version {served_model.version}" in text
     assert re.search(r"API latency: \d+ ms", text)
+    assert "What moved this patient's risk most" in text
+    (dataset,) = app.get("vega_lite_chart")[0].proto.datasets
+    bars = pyarrow.ipc.open_stream(dataset.data.data).read_pandas()
+    factors = expected_factors(served_model, {"age": "[80-90)", "number_inpatient": 3, "number_emergency": 2,
+                                              "insulin": "Up", "change": "Ch", "diag_2": "V45"})  # fmt: skip
+    assert list(bars["factor"]) == [f"{factor['label']}: {factor['value_label']}" for factor in factors]
+    assert list(bars["contribution"]) == pytest.approx([factor["contribution"] for factor in factors])
+    assert "Inpatient admissions in the past year: 3" in list(bars["factor"])
 
 
 def test_a_malformed_diagnosis_code_is_flagged_beside_its_field_and_predicting_waits(ui_settings):
@@ -214,7 +257,9 @@ def test_changing_the_form_after_a_prediction_withdraws_the_answer(ui_settings):
     assert any(label in shown_text(app) for label in RISK_LABELS.values())
     app.number_input(key="field:number_inpatient").set_value(5).run()
     text = shown_text(app)
-    assert not any(label in text for label in RISK_LABELS.values()) and "press **Predict readmission risk** again" in text
+    assert (
+        not any(label in text for label in RISK_LABELS.values()) and "press **Predict readmission risk** again" in text
+    )
 
 
 # --- batch page ---------------------------------------------------------------------------
@@ -265,8 +310,17 @@ def test_the_model_page_shows_version_training_date_metrics_images_and_lineage(u
     assert re.search(r"trained \*\*\d{4}-\d\d-\d\d \d\d:\d\d UTC\*\*", text)
     for label, key in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("Accuracy", "accuracy"), ("F1", "f1")):
         assert f"{label}: {card['metrics'][f'test_{key}']:.3f}" in text
-    assert [image.captions for image in app.image] == [["ROC curve"], ["Confusion matrix"]]
-    lineage = dict(app.dataframe[0].value.to_numpy())
+    assert [image.captions for image in app.image] == [
+        ["ROC curve"],
+        ["Confusion matrix"],
+        ["Reliability diagram (test set, 10 bins)"],
+    ]
+    assert f"the expected calibration error is **{card['metrics']['test_ece']:.3f}**" in text
+    assert "**low** below 40%, **moderate** from 40% to below 60%, **high** from 60%" in text
+    groups = app.dataframe[0].value
+    assert list(groups.columns[:4]) == ["Attribute", "Group", "Encounters", "Status"]
+    assert len(groups) == len(card["groups"]) and set(groups["Attribute"]) == {"race", "gender", "age_band"}
+    lineage = dict(app.dataframe[1].value.to_numpy())
     assert lineage["train_rows"] == card["tags"]["lineage.train_rows"]
     assert lineage["git_commit"] == card["tags"]["lineage.git_commit"]
     assert "**Batches trained on:** not recorded" in text  # synthetic rows carry no batch number
@@ -280,10 +334,51 @@ def test_the_model_page_without_mlflow_still_shows_the_card_and_says_why_images_
     assert f"diabetes-readmission, version {served_model.version}" in [s.value for s in app.subheader]
 
 
+# --- monitoring page ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitored(served_model, tmp_path_factory) -> Settings:
+    """The UI's settings on stores holding three batches (see `monitored_store`), scored by the served version."""
+    from tests.factories import monitored_store
+
+    settings = Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("monitored"), api_url=served_model.url,
+                        mlflow_tracking_uri=served_model.registry.mlflow_tracking_uri)  # fmt: skip
+    monitored_store(settings, served_model.version)
+    return settings
+
+
+def test_the_monitoring_page_shows_each_batchs_live_score_drift_version_and_the_promotions(monitored, served_model):
+    app = open_page(monitored, "monitoring")
+    assert_no_traceback(app)
+    batches, promotions = (frame.value for frame in app.dataframe)
+    assert list(batches["Batch"]) == [1, 2, 3]
+    assert (
+        pd.isna(batches["Version in service"][0])
+        and list(batches["Version in service"][1:]) == [served_model.version] * 2
+    )
+    live = batches["Live ROC-AUC"]
+    assert pd.isna(live[0]) and live[1] > 0.6 > live[2]
+    assert list(batches[""]) == ["", "", "⚠ below floor"]
+    assert pd.isna(batches["Largest PSI"][0]) and (batches["Largest PSI"][1:] >= 0).all()
+    assert re.match(r"^\w+ \d\.\d{3}, \w+ \d\.\d{3}, \w+ \d\.\d{3}$", batches["Most drifting (PSI)"][1])
+    assert "Live ROC-AUC below the floor 0.60 on batch(es) 3." in shown_text(app)
+    assert app.get("vega_lite_chart"), "the live ROC-AUC chart"
+    assert list(promotions["Version"]) == [served_model.version] and list(promotions["By"]) == ["manual"]
+
+
+def test_the_monitoring_page_without_its_stores_says_why(api_down_settings):
+    unreachable = api_down_settings.model_copy(update={"raw_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none",
+                                                       "clean_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none"})  # fmt: skip
+    app = open_page(unreachable, "monitoring")
+    assert_no_traceback(app)
+    assert "The platform's stores could not be read: OperationalError" in shown_text(app)
+
+
 # --- the API down -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page", ["patient", "batch", "model"])
+@pytest.mark.parametrize("page", ["patient", "batch", "model"])  # the Monitoring page reads the stores instead
 def test_with_the_api_down_every_page_says_so_and_offers_a_retry(api_down_settings, page):
     app = open_page(api_down_settings, page)
     assert_no_traceback(app)
@@ -323,7 +418,8 @@ def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loa
 
 
 def test_the_ui_imports_none_of_the_serving_stack():
-    """The image installs only the `ui` extra: FastAPI, gunicorn, uvicorn and Prometheus must not be needed."""
+    """The image installs only the `ui` extra: FastAPI, gunicorn, uvicorn and Prometheus must not be needed
+    (SQLAlchemy is in the extra, but only the Monitoring page imports it, when it reads the stores)."""
     script = (
         "import importlib.abc, sys\n"
         "class Refuse(importlib.abc.MetaPathFinder):\n"
@@ -339,17 +435,20 @@ def test_the_ui_imports_none_of_the_serving_stack():
 # --- access: sign-in gate, allow-list, no patient identifier in the logs -----------------------
 
 
-@pytest.mark.parametrize(("claims", "domains", "groups", "enters"), [
-    ({"email": "ana@hospital.example"}, "hospital.example", "", True),
-    ({"email": "Ana@Hospital.Example"}, "hospital.example", "", True),
-    ({"email": "ana@hospital.example.evil"}, "hospital.example", "", False),
-    ({"email": "ana@hospital.example", "email_verified": False}, "hospital.example", "", False),
-    ({"email": "ana@elsewhere.example", "groups": ["Clinicians", "staff"]}, "hospital.example", "clinicians", True),
-    ({"email": "ana@elsewhere.example", "groups": "staff clinicians"}, "", "clinicians", True),
-    ({"email": "ana@elsewhere.example", "groups": ["visitors"]}, "hospital.example", "clinicians", False),
-    ({"sub": "no-email"}, "hospital.example", "clinicians", False),
-    ({"email": "anyone@anywhere.example"}, "", "", True),
-])
+@pytest.mark.parametrize(
+    ("claims", "domains", "groups", "enters"),
+    [
+        ({"email": "ana@hospital.example"}, "hospital.example", "", True),
+        ({"email": "Ana@Hospital.Example"}, "hospital.example", "", True),
+        ({"email": "ana@hospital.example.evil"}, "hospital.example", "", False),
+        ({"email": "ana@hospital.example", "email_verified": False}, "hospital.example", "", False),
+        ({"email": "ana@elsewhere.example", "groups": ["Clinicians", "staff"]}, "hospital.example", "clinicians", True),
+        ({"email": "ana@elsewhere.example", "groups": "staff clinicians"}, "", "clinicians", True),
+        ({"email": "ana@elsewhere.example", "groups": ["visitors"]}, "hospital.example", "clinicians", False),
+        ({"sub": "no-email"}, "hospital.example", "clinicians", False),
+        ({"email": "anyone@anywhere.example"}, "", "", True),
+    ],
+)
 def test_the_allow_list_admits_listed_domains_and_groups_only(make_settings, claims, domains, groups, enters):
     from readmission.ui.access import may_enter
 
@@ -357,7 +456,7 @@ def test_the_allow_list_admits_listed_domains_and_groups_only(make_settings, cla
     assert may_enter(claims, settings) is enters
 
 
-@pytest.mark.parametrize("page", ["patient", "batch", "model"])
+@pytest.mark.parametrize("page", ["patient", "batch", "model"])  # the Monitoring page reads the stores instead
 def test_with_sign_in_on_a_visitor_sees_only_the_sign_in_page(api_down_settings, page):
     app = open_page(api_down_settings.model_copy(update={"ui_sign_in": True}), page)
     assert_no_traceback(app)

@@ -32,8 +32,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from readmission.config import Settings, get_settings
+from readmission.explain import SCALE, NotExplainable
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
 from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
@@ -44,7 +45,7 @@ from readmission.serving.batch_input import (
     encounters_from_csv,
     encounters_from_json,
 )
-from readmission.serving.model_store import ModelLoadError, ModelStore
+from readmission.serving.model_store import ModelLoadError, ModelStore, ServedModel
 from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
 from readmission.serving.schemas import (
     FIELDS,
@@ -176,6 +177,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrors, "description": "Invalid input; each error names the row and field."},
     503: {"model": ErrorMessage, "description": "No model is loaded yet."},
 }
+EXPLAIN_ERROR = {"model": ErrorMessage, "description": "explain=true, but the model in service cannot be explained."}
 CSV_EXAMPLE = ",".join(FIELDS) + "\n" + ",".join(str(spec.default) if not spec.required else "1"
                                                    for spec in FIELDS.values())  # fmt: skip
 BATCH_BODY = {
@@ -199,30 +201,51 @@ BATCH_READERS: dict[str, Callable[[bytes, int], np.ndarray | CodedEncounters]] =
 predictions = APIRouter(tags=["predictions"], dependencies=[CAN_PREDICT])
 
 
-@predictions.post("/predict", response_model=Prediction, responses=ERRORS)
-async def predict(encounter: Encounter, batcher: BatcherDep, settings: SettingsDep) -> Prediction:
-    """Readmission risk of one encounter, in the data set's raw vocabulary."""
-    model, probability = await batcher.probability(encounter_row(encounter))
+ExplainDep = Annotated[bool, Query(description="Also list the fields that moved the risk most (`factors`).")]
+
+
+def explained(model: ServedModel, table: np.ndarray | CodedEncounters) -> list[dict[str, Any]]:
+    """The explanation fields of each row's answer (`schemas.Explained`); 501 for a model that cannot be explained."""
+    try:
+        explanation = model.explainer.explain(table)
+    except NotExplainable as exc:
+        raise HTTPException(501, f"the model in service cannot be explained: {exc}") from None
+    return [{"factors": explanation.factors(row), "factors_scale": SCALE, "base_log_odds": explanation.base_value}
+            for row in range(len(explanation.contributions))]  # fmt: skip
+
+
+@predictions.post("/predict", response_model=Prediction, responses={**ERRORS, 501: EXPLAIN_ERROR})
+async def predict(
+    encounter: Encounter, batcher: BatcherDep, settings: SettingsDep, explain: ExplainDep = False
+) -> Prediction:
+    """Readmission risk of one encounter, in the data set's raw vocabulary; with `explain=true`, why."""
+    row = encounter_row(encounter)
+    model, probability = await batcher.probability(row)
+    extra = (await run_in_threadpool(explained, model, np.array([row], dtype=object)))[0] if explain else {}
     return Prediction(**answer(probability, model, settings), model_name=model.target.name,
-                      model_version=model.target.version)  # fmt: skip
+                      model_version=model.target.version, **extra)  # fmt: skip
 
 
 def _score_batch(read: Callable[[bytes, int], np.ndarray | CodedEncounters], body: bytes, store: ModelStore,
-                 settings: Settings) -> Response:  # fmt: skip
+                 settings: Settings, explain: bool = False) -> Response:  # fmt: skip
     """A `BatchPrediction`, encoded here, off the event loop (the route's response model documents it)."""
     table = read(body, settings.max_batch_rows)
     model, probabilities = score(store, table)
     metrics.BATCH_ROWS.observe(len(table))
+    rows = answers(probabilities.tolist(), model, settings)
+    if explain:
+        rows = [row | extra for row, extra in zip(rows, explained(model, table), strict=True)]
     content = msgspec.json.encode({"model_name": model.target.name, "model_version": model.target.version,
-                                   "rows": len(table), "predictions": answers(probabilities.tolist(), model, settings)})  # fmt: skip
+                                   "rows": len(table), "predictions": rows})  # fmt: skip
     return Response(content, media_type="application/json")
 
 
 @predictions.post("/predict/batch", response_model=BatchPrediction, openapi_extra=BATCH_BODY,
-                  responses={**ERRORS, 415: {"model": ErrorMessage, "description": "Neither JSON nor CSV."}})  # fmt: skip
+                  responses={**ERRORS, 415: {"model": ErrorMessage, "description": "Neither JSON nor CSV."},
+                             501: EXPLAIN_ERROR})  # fmt: skip
 async def predict_batch(request: Request, store: StoreDep, settings: SettingsDep,
-                        batch_thread: BatchThreadDep) -> Response:  # fmt: skip
-    """Readmission risk of many encounters (a JSON list or a CSV) with one model call."""
+                        batch_thread: BatchThreadDep, explain: ExplainDep = False) -> Response:  # fmt: skip
+    """Readmission risk of many encounters (a JSON list or a CSV) with one model call; with `explain=true`, why."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     read = BATCH_READERS.get("application/json" if media_type.endswith("+json") else media_type)
     if read is None:
@@ -231,7 +254,9 @@ async def predict_batch(request: Request, store: StoreDep, settings: SettingsDep
     body = await request.body()
     # Off the event loop, so parsing and scoring thousands of rows does not stall single predictions; on one
     # thread, one batch at a time: a worker has one core, and concurrent batches would only add up their memory.
-    return await asyncio.get_running_loop().run_in_executor(batch_thread, _score_batch, read, body, store, settings)
+    return await asyncio.get_running_loop().run_in_executor(
+        batch_thread, _score_batch, read, body, store, settings, explain
+    )
 
 
 # --- operations -------------------------------------------------------------------------
@@ -261,7 +286,7 @@ async def model_card(store: StoreDep) -> ModelCard:
     target = model.target
     return ModelCard(name=target.name, version=target.version, alias=target.alias, uri=target.uri,
                      run_id=target.run_id, metrics=model.metrics, tags=model.tags,
-                     decision_threshold=model.decision_threshold, loaded_at=model.loaded_at,
+                     decision_threshold=model.decision_threshold, groups=model.groups, loaded_at=model.loaded_at,
                      load_seconds=model.load_seconds, input_fields=input_fields())  # fmt: skip
 
 

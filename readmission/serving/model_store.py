@@ -30,6 +30,7 @@ from sklearn.pipeline import Pipeline
 from readmission import schema
 from readmission.config import Settings
 from readmission.drift import DriftWindow, window_of_model
+from readmission.explain import Explainer
 from readmission.features import INPUT_COLUMNS, CodedEncounters, EncounterFeatures, input_matrix
 from readmission.mlflow_model import read_pipeline
 from readmission.serving import metrics
@@ -77,6 +78,7 @@ class ServedModel:
     loaded_at: datetime
     load_seconds: float
     drift: DriftWindow | None = None  # recent inputs against the training profile logged with the model
+    groups: list[dict] = field(default_factory=list)  # the run's per-group test metrics (evaluate.group_table)
 
     @cached_property
     def _steps(self) -> tuple[EncounterFeatures, object, int] | None:
@@ -93,6 +95,11 @@ class ServedModel:
         if list(getattr(classifier, "feature_names_in_", [])) != list(features.get_feature_names_out()):
             return None
         return features, classifier, list(classifier.classes_).index(1)
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """The pipeline's explainer, built at the first explained request (shap is imported only then)."""
+        return Explainer(self.pipeline)
 
     def probabilities(self, table: np.ndarray | pd.DataFrame | CodedEncounters) -> np.ndarray:
         """Readmission probability of each row of raw input (a matrix in `FEATURE_INPUT_COLUMNS` order): one call."""
@@ -113,7 +120,11 @@ def resolve_target(settings: Settings) -> ModelTarget:
         return ModelTarget(uri=settings.model_uri, name=settings.model_name)
     registry = client(settings)
     name, alias = match["name"], match["alias"]
-    version = registry.get_model_version_by_alias(name, alias) if alias else registry.get_model_version(name, match["version"])
+    version = (
+        registry.get_model_version_by_alias(name, alias)
+        if alias
+        else registry.get_model_version(name, match["version"])
+    )
     return ModelTarget(uri=f"models:/{name}/{version.version}", name=name, version=str(version.version), alias=alias,
                        source=registry.get_model_version_download_uri(name, version.version), run_id=version.run_id,
                        tags=dict(version.tags or {}))  # fmt: skip
@@ -127,6 +138,19 @@ def _decision_threshold(params: dict[str, str], run_metrics: dict[str, float]) -
     return DEFAULT_THRESHOLD
 
 
+def _group_table(run_id: str, settings: Settings) -> list[dict]:
+    """The run's per-group metrics (`registry.GROUP_ARTIFACT`); empty for a run that logged none."""
+    import mlflow
+
+    from readmission.registry import GROUP_ARTIFACT
+
+    try:
+        return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{GROUP_ARTIFACT}"))
+    except Exception as exc:  # noqa: BLE001 - runs from before the table was logged have none
+        log.info("run %s has no %s: %s", run_id, GROUP_ARTIFACT, exc)
+        return []
+
+
 def load_model(settings: Settings, target: ModelTarget) -> ServedModel:
     """Download and deserialize `target`, with its run's metrics and lineage tags."""
     import mlflow
@@ -137,15 +161,16 @@ def load_model(settings: Settings, target: ModelTarget) -> ServedModel:
                                                          tracking_uri=settings.mlflow_tracking_uri))  # fmt: skip
         pipeline = read_pipeline(local)
         drift = window_of_model(local, settings.drift_window)
-    params, run_metrics, tags = {}, {}, dict(target.tags)
+    params, run_metrics, tags, groups = {}, {}, dict(target.tags), []
     if target.run_id:
         from readmission.registry import client
 
         run = client(settings).get_run(target.run_id)
         params, run_metrics = dict(run.data.params), dict(run.data.metrics)
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} | tags
+        groups = _group_table(target.run_id, settings)
     model = ServedModel(
-        pipeline=pipeline, target=target, metrics=run_metrics, tags=tags,
+        pipeline=pipeline, target=target, metrics=run_metrics, tags=tags, groups=groups,
         decision_threshold=_decision_threshold(params, run_metrics), loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started, drift=drift,
     )  # fmt: skip
@@ -191,8 +216,12 @@ class ModelStore:
             except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model in service
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 metrics.MODEL_RELOADS.labels("failure", trigger).inc()
-                log.warning("loading %s failed (%s); %s", self.settings.model_uri, self.last_error,
-                            f"still serving version {previous.target.version}" if previous else "no model in service")
+                log.warning(
+                    "loading %s failed (%s); %s",
+                    self.settings.model_uri,
+                    self.last_error,
+                    f"still serving version {previous.target.version}" if previous else "no model in service",
+                )
                 raise ModelLoadError(self.last_error) from exc
             self.current = model  # the swap: one reference assignment
             self.last_error = None

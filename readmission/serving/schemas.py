@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from readmission import schema
 
+MAX_FACTORS = 5  # readmission.explain.MAX_FACTORS: the factors an explained answer lists
 MAX_TEXT_LENGTH = 64  # ICD-9 codes and specialty names are far shorter; bounds what a request can carry
 RISK_BANDS = ("low", "medium", "high")
 RISK_LABELS = {
@@ -131,7 +132,11 @@ class FieldSpec:
 
 
 def _field_spec(column: str) -> FieldSpec:
-    common = {"column": column, "description": DESCRIPTIONS[column], "default": MISSING_MEANING.get(column, PydanticUndefined)}
+    common = {
+        "column": column,
+        "description": DESCRIPTIONS[column],
+        "default": MISSING_MEANING.get(column, PydanticUndefined),
+    }
     if column in schema.VOCABULARIES:
         extra = (schema.MISSING,) if column in MAY_BE_MISSING else ()
         return FieldSpec(**common, vocabulary=schema.VOCABULARIES[column] + extra)
@@ -180,7 +185,9 @@ Encounter = create_model(
     __doc__="One hospital encounter of a diabetic patient, in the data set's own raw vocabulary.",
     **{column: _pydantic_field(spec) for column, spec in FIELDS.items()},
     # Last, after the model's inputs (see `encounter_row`): accepted so rows of the data set can be sent as they are.
-    **{column: (kind, Field(None, description="Ignored by the model.")) for column, kind in IGNORED_FIELD_TYPES.items()},
+    **{
+        column: (kind, Field(None, description="Ignored by the model.")) for column, kind in IGNORED_FIELD_TYPES.items()
+    },
 )
 INPUT_COUNT = len(FIELDS)
 
@@ -204,7 +211,34 @@ class RowPrediction(BaseModel):
     label: str = Field(description="The risk band in plain words.", examples=[RISK_LABELS["high"]])
 
 
-class Prediction(RowPrediction):
+class Factor(BaseModel):
+    """One request field that moved this patient's risk, and by how much (see `readmission.explain`)."""
+
+    field: str = Field(description="The request field.", examples=["number_inpatient"])
+    label: str = Field(description="The field in clinical words, as the UI labels it.",
+                       examples=["Inpatient admissions in the past year"])  # fmt: skip
+    value: Any = Field(description="The patient's value of the field, as sent (null: not recorded).", examples=[4])
+    value_label: str = Field(description="The value in clinical words.", examples=["4"])
+    contribution: float = Field(description="Signed contribution to the log-odds of a readmission: the base "
+                                "value plus every field's contribution is the model's log-odds.", examples=[0.42])  # fmt: skip
+    direction: Literal["raises", "lowers"] = Field(description="Whether the field raises or lowers the risk.")
+
+
+class Explained(BaseModel):
+    """The explanation fields of an answer: present when the request asked for `explain=true`."""
+
+    factors: list[Factor] | None = Field(None, description=f"With explain=true: the at most {MAX_FACTORS} fields "
+                                         "that moved the risk most, largest first.")  # fmt: skip
+    factors_scale: Literal["log-odds"] | None = Field(None, description="The scale of the contributions.")
+    base_log_odds: float | None = Field(None, description="The model's log-odds before any field is considered "
+                                        "(the average over its training data).")  # fmt: skip
+
+
+class ExplainedRowPrediction(Explained, RowPrediction):
+    """The model's answer for one encounter of a batch, explained when the request asked for it."""
+
+
+class Prediction(Explained, RowPrediction):
     """The model's answer for one encounter, and the model that gave it."""
 
     model_name: str = Field(description="Registered model name.", examples=["diabetes-readmission"])
@@ -218,7 +252,7 @@ class BatchPrediction(BaseModel):
     model_name: str = Field(examples=["diabetes-readmission"])
     model_version: str | None = Field(examples=["3"])
     rows: int = Field(description="Number of encounters scored.", examples=[1])
-    predictions: list[RowPrediction]
+    predictions: list[ExplainedRowPrediction]
 
 
 class Health(BaseModel):
@@ -238,6 +272,20 @@ class InputField(BaseModel):
     default: Any = None
 
 
+class GroupMetrics(BaseModel):
+    """The model's test metrics on one patient group (null: too few encounters to score)."""
+
+    attribute: Literal["race", "gender", "age_band"]
+    group: str
+    encounters: int
+    status: Literal["scored", "too small"]
+    roc_auc: float | None
+    ece: float | None = Field(description="Expected calibration error, 10 bins.")
+    positive_rate: float | None = Field(description="Share predicted positive at the decision threshold.")
+    recall: float | None
+    readmitted_rate: float | None = Field(description="Share actually readmitted.")
+
+
 class ModelCard(BaseModel):
     """The model in service: where it came from, how good it was, and what it takes."""
 
@@ -249,6 +297,7 @@ class ModelCard(BaseModel):
     metrics: dict[str, float] = Field(description="Metrics of the training run (test_roc_auc, ...).")
     tags: dict[str, str] = Field(description="Lineage tags of the run and the registered version.")
     decision_threshold: float
+    groups: list[GroupMetrics] = Field(default_factory=list, description="Test metrics per patient group.")
     loaded_at: datetime
     load_seconds: float
     input_fields: list[InputField]

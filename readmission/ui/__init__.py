@@ -37,6 +37,13 @@ def ui_environment(settings: Settings) -> dict[str, str]:
         "ui_allowed_domains",
         "ui_allowed_groups",
         "ui_groups_claim",
+        "raw_db_url",  # the Monitoring page reads the batch log, the predictions and the registry
+        "clean_db_url",
+        "model_name",
+        "model_alias",
+        "promotion_min_auc",
+        "risk_medium_threshold",
+        "risk_high_threshold",
     )
     values = {name: getattr(settings, name) for name in names}
     return {

@@ -9,12 +9,13 @@ import streamlit as st
 
 from readmission.config import Settings, get_settings
 from readmission.ui.access import signed_in_user
-from readmission.ui.pages import batch_page, model_page, patient_page
+from readmission.ui.pages import batch_page, model_page, monitoring_page, patient_page
 
 PAGES = {  # url path -> (title, icon, page)
     "patient": ("Single patient", ":material/person:", patient_page),
     "batch": ("Batch", ":material/table_view:", batch_page),
     "model": ("Model", ":material/analytics:", model_page),
+    "monitoring": ("Monitoring", ":material/monitoring:", monitoring_page),
 }
 log = logging.getLogger(__name__)
 

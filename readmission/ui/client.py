@@ -112,9 +112,9 @@ class InferenceClient:
         """The card of the model in service: name, version, alias, run id, metrics, lineage, loaded-at."""
         return self._call("GET", "/model").body
 
-    def predict(self, encounter: Mapping[str, Any]) -> Timed:
-        """Score one encounter (raw column names and values)."""
-        return self._call("POST", "/predict", json=dict(encounter))
+    def predict(self, encounter: Mapping[str, Any], explain: bool = False) -> Timed:
+        """Score one encounter (raw column names and values); with `explain`, the fields that moved its risk."""
+        return self._call("POST", "/predict", json=dict(encounter), params={"explain": "true"} if explain else None)
 
     def predict_batch(self, encounters: Sequence[Mapping[str, Any]]) -> Timed:
         """Score many encounters in one request."""

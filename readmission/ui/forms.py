@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from readmission import schema
-from readmission.features import diagnosis_groups
+from readmission.features import VISIT_COLUMNS, diagnosis_groups
 from readmission.serving.schemas import Encounter
 
 NOT_RECORDED = "Not recorded"
@@ -206,3 +206,26 @@ def medication_summary(values: Mapping[str, object]) -> str:
     active = [f"{FIELDS[m].label} ({MEDICATION_LABELS[values[m]].lower()})"
               for m in schema.MEDICATIONS if values.get(m, "No") != "No"]  # fmt: skip
     return ", ".join(active) if active else "none prescribed"
+
+
+# The fields the form leaves at the data set's "missing" (rarely recorded, or not clinical), in words.
+UNLISTED_LABELS = {"weight": "Weight", "payer_code": "Payer"}
+
+
+def field_label(column: str) -> str:
+    """The field's label as the form shows it, with what its section's caption adds (the year of the visits)."""
+    label = FIELDS[column].label if column in FIELDS else UNLISTED_LABELS[column]
+    return f"{label} in the past year" if column in VISIT_COLUMNS else label
+
+
+def value_label(column: str, value: object) -> str:
+    """A raw value as the form shows it (code-table descriptions, "Not recorded" for `?`)."""
+    field = FIELDS.get(column)
+    if value is None or (column in UNLISTED_LABELS and value == schema.MISSING):
+        return NOT_RECORDED
+    if isinstance(field, Choice):
+        return str(field.labels.get(value, value))
+    if isinstance(field, DiagnosisCode):
+        code = "" if value is None or value == schema.MISSING else str(value)
+        return f"{code} ({diagnosis_group(code)})" if code else NOT_RECORDED
+    return str(value)

@@ -13,12 +13,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import requests
+
+from readmission.serving.schemas import GroupMetrics
 
 # (label, metric key without its split prefix): what a clinician's report card shows.
 HEADLINE_METRICS = (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("Accuracy", "accuracy"), ("F1", "f1"))
 # (title, file name) of the evaluation images `readmission.evaluate.draw_figures` logs with the run.
-IMAGES = (("ROC curve", "roc_curve.png"), ("Confusion matrix", "confusion_matrix.png"))
+IMAGES = (
+    ("ROC curve", "roc_curve.png"),
+    ("Confusion matrix", "confusion_matrix.png"),
+    ("Reliability diagram", "reliability_diagram.png"),
+)
+CALIBRATION_IMAGES = ("Reliability diagram",)  # shown beside what the probabilities mean, not with the curves
+GROUP_COLUMNS = {
+    "attribute": "Attribute",
+    "group": "Group",
+    "encounters": "Encounters",
+    "status": "Status",
+    "roc_auc": "ROC-AUC",
+    "ece": "Calibration error",
+    "positive_rate": "Predicted positive",
+    "recall": "Recall",
+    "readmitted_rate": "Readmitted",
+}
 BATCHES_TAG = "lineage.batches"  # written by `readmission.train.Lineage.tags`
 
 
@@ -98,3 +117,9 @@ def trained_batches(tags: dict[str, str]) -> str | None:
         else:
             runs.append([number])
     return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or None
+
+
+def group_frame(groups: list[GroupMetrics]) -> pd.DataFrame:
+    """The model card's per-group metrics as a table with readable headings, groups too small left blank."""
+    frame = pd.DataFrame([group.model_dump() for group in groups], columns=list(GROUP_COLUMNS))
+    return frame[list(GROUP_COLUMNS)].rename(columns=GROUP_COLUMNS).round(3)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from readmission.config import Settings
+from readmission.drift import SIGNIFICANT_PSI
 from readmission.serving.schemas import RISK_BANDS, BatchPrediction, ModelCard, Prediction
 from readmission.ui import batch, forms, model_card
 from readmission.ui.client import ApiError, ApiNotReady, ApiRejected, InferenceClient
@@ -125,6 +127,29 @@ def show_prediction(prediction: Prediction, latency_ms: float) -> None:
         st.caption(f"Risk band: **{band}**. Model `{prediction.model_name}` version "
                    f"{prediction.model_version or '(loaded from a path)'}. The prediction supports, and does not "
                    "replace, clinical judgement.")  # fmt: skip
+        if prediction.factors:
+            st.markdown("**What moved this patient's risk most**")
+            st.altair_chart(_factors_chart(prediction), width="stretch")
+            st.caption("Each bar is one field of the form: to the right it raises the risk, to the left it lowers "
+                       "it, by its exact share of the model's log-odds (the bars and the model's average add up to "
+                       "its answer). Other fields moved it less.")  # fmt: skip
+
+
+def _factors_chart(prediction: Prediction) -> alt.Chart:
+    """The explanation's factors as horizontal bars in clinical words, red for raises, green for lowers."""
+    factors = pd.DataFrame([{"factor": f"{factor.label}: {factor.value_label}", "contribution": factor.contribution,
+                             "direction": factor.direction} for factor in prediction.factors or []])  # fmt: skip
+    colours = alt.Scale(domain=["raises", "lowers"], range=[BAND_COLOURS["high"], BAND_COLOURS["low"]])
+    return (
+        alt.Chart(factors, height=36 * len(factors) + 40)
+        .mark_bar()
+        .encode(
+            x=alt.X("contribution:Q", title="contribution to the log-odds of readmission"),
+            y=alt.Y("factor:N", sort=None, title=None, axis=alt.Axis(labelLimit=400)),
+            color=alt.Color("direction:N", scale=colours, legend=alt.Legend(title=None, orient="bottom")),
+            tooltip=["factor", alt.Tooltip("contribution:Q", format="+.3f"), "direction"],
+        )
+    )
 
 
 def patient_page(settings: Settings) -> None:
@@ -144,7 +169,7 @@ def patient_page(settings: Settings) -> None:
         st.caption("Correct the fields marked in red to predict.")
     if clicked:
         try:
-            answer = client.predict(payload)
+            answer = client.predict(payload, explain=True)
             st.session_state["patient_result"] = (payload, Prediction.model_validate(answer.body), answer.latency_ms)
         except ApiRejected as error:
             for entry in error.detail if isinstance(error.detail, list) else []:
@@ -288,11 +313,13 @@ def model_page(settings: Settings) -> None:
     if isinstance(details, str):
         st.info(f"{details} The ROC curve and confusion matrix are shown when MLflow is reachable.",
                 icon=":material/cloud_off:")  # fmt: skip
-    elif details.images:
-        for column, (title, image) in zip(st.columns(len(details.images)), details.images.items()):
+    elif images := {t: i for t, i in details.images.items() if t not in model_card.CALIBRATION_IMAGES}:
+        for column, (title, image) in zip(st.columns(len(images)), images.items()):
             column.image(image, caption=title, width="stretch")
     else:
         st.info("The training run logged no ROC curve or confusion matrix image.")
+
+    _show_calibration_and_groups(card, details, settings)
 
     st.subheader("Lineage")
     st.markdown(f"**Batches trained on:** {model_card.trained_batches(card.tags) or 'not recorded'}")
@@ -306,3 +333,120 @@ def model_page(settings: Settings) -> None:
                f"loaded in {card.load_seconds:.1f} s.")  # fmt: skip
     if settings.mlflow_ui_url and card.run_id and isinstance(details, model_card.RunDetails):
         st.link_button("Open the run in MLflow", details.mlflow_link(settings.mlflow_ui_url, card.run_id))
+
+
+def _show_calibration_and_groups(card: ModelCard, details: model_card.RunDetails | str, settings: Settings) -> None:
+    """What the probabilities mean (the reliability diagram, the bands as probabilities) and the group table."""
+    st.subheader("Do the probabilities mean what they say?")
+    ece, brier = card.metrics.get("test_ece"), card.metrics.get("test_brier")
+    medium, high = settings.risk_medium_threshold, settings.risk_high_threshold
+    diagram = details.images.get("Reliability diagram") if isinstance(details, model_card.RunDetails) else None
+    text, image = st.columns(2)
+    text.markdown(
+        f"On the test set, the expected calibration error is **{ece:.3f}**" if ece is not None else
+        "The training run logged no calibration error"
+    )  # fmt: skip
+    text.markdown(
+        f"(Brier score {brier:.3f}): among patients given about 30 %, about 30 in 100 were readmitted, give or "
+        "take that error. " if brier is not None else ""
+    )  # fmt: skip
+    text.markdown(f"Risk bands: **low** below {medium:.0%}, **moderate** from {medium:.0%} to below {high:.0%}, "
+                  f"**high** from {high:.0%}, of predicted probability of readmission.")  # fmt: skip
+    if diagram:
+        image.image(diagram, caption="Reliability diagram (test set, 10 bins)", width="stretch")
+
+    st.subheader("Quality for each patient group")
+    if not card.groups:
+        st.info("The training run logged no per-group metrics.")
+        return
+    worst, gap = card.metrics.get("test_roc_auc_worst_group"), card.metrics.get("test_roc_auc_group_gap")
+    if worst is not None and gap is not None:
+        st.markdown(f"Worst group ROC-AUC **{worst:.3f}**; largest gap within race, gender or age **{gap:.3f}**. "
+                    "Groups of fewer than 200 test encounters are too small to score.")  # fmt: skip
+    st.dataframe(model_card.group_frame(card.groups), hide_index=True)
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=MODEL_CARD_CACHE_SECONDS, show_spinner="Reading the batches, predictions and registry...")
+def _record(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame] | str:
+    """The batch record and the promotions, or why they could not be read (the message is cached briefly too)."""
+    from readmission import model_record
+
+    try:
+        return model_record.batch_record(settings), model_record.promotions(settings)
+    except Exception as error:  # noqa: BLE001 - a store being down is a message on the page, not a traceback
+        return f"The platform's stores could not be read: {type(error).__name__}: {error}"
+
+
+def _live_chart(batches: pd.DataFrame, promoted: pd.DataFrame, floor: float) -> alt.Chart:
+    """Live ROC-AUC per batch (a red point below the floor), the floor as a rule, and promotions as rules."""
+    scored = batches.dropna(subset=["live_roc_auc"]).assign(
+        status=lambda f: np.where(f["below_floor"], "below the floor", "at or above the floor"))  # fmt: skip
+    x = alt.X("batch:O", title="batch")
+    line = alt.Chart(scored).mark_line(color="#607d8b").encode(x=x, y=alt.Y("live_roc_auc:Q", title="live ROC-AUC",
+                                                                             scale=alt.Scale(zero=False)))  # fmt: skip
+    points = alt.Chart(scored).mark_point(filled=True, size=90).encode(
+        x=x, y="live_roc_auc:Q",
+        color=alt.Color("status:N", scale=alt.Scale(domain=["at or above the floor", "below the floor"],
+                                                    range=[BAND_COLOURS["low"], BAND_COLOURS["high"]]),
+                        legend=alt.Legend(title=None, orient="bottom")),
+        tooltip=["batch", "model_version", alt.Tooltip("live_roc_auc:Q", format=".3f"), "top_drifting"])  # fmt: skip
+    rule = alt.Chart(pd.DataFrame({"floor": [floor]})).mark_rule(strokeDash=[6, 4], color=BAND_COLOURS["high"]).encode(
+        y="floor:Q")  # fmt: skip
+    layers = [line, points, rule]
+    if len(promoted):  # each promotion at the first batch that arrived after it: the first the new version scored
+        received = pd.to_datetime(batches["received_at"], utc=True)
+        at = [batches["batch"][received >= when].min() for when in pd.to_datetime(promoted["promoted_at"], utc=True)]
+        marks = pd.DataFrame({"batch": at, "text": [f"v{v} promoted" for v in promoted["version"]]}).dropna()
+        marks = marks[marks["batch"].isin(scored["batch"])]
+        if len(marks):
+            layers += [
+                alt.Chart(marks).mark_rule(color="#1565c0").encode(x=x),
+                alt.Chart(marks).mark_text(align="left", dx=4, dy=-120, color="#1565c0").encode(x=x, text="text"),
+            ]
+    return alt.layer(*layers, height=280)
+
+
+def monitoring_page(settings: Settings) -> None:
+    """The model's record over time: live ROC-AUC per batch, drift, the version in service, promotions."""
+    st.title("Monitoring")
+    st.caption("Each batch is scored by the model in service before any training on it: how it did on those "
+               "patients is the model's live record. Read from the platform's own stores.")  # fmt: skip
+    record = _record(settings)
+    if isinstance(record, str):
+        st.error(record, icon=":material/database:")
+        st.button("Retry", icon=":material/refresh:", key="retry_record", on_click=_record.clear)
+        return
+    batches, promoted = record
+    if batches.empty:
+        st.info("No batch has been ingested yet.")
+        return
+    floor = settings.promotion_min_auc
+    below = batches[batches["below_floor"]]
+    if len(below):
+        st.error(f"Live ROC-AUC below the floor {floor:.2f} on batch(es) "
+                 f"{', '.join(map(str, below['batch']))}.", icon=":material/warning:")  # fmt: skip
+    if batches["live_roc_auc"].notna().any():
+        st.altair_chart(_live_chart(batches, promoted, floor), width="stretch")
+    table = batches.assign(
+        flag=np.where(batches["below_floor"], "⚠ below floor", ""),
+        received_at=pd.to_datetime(batches["received_at"]).dt.strftime("%Y-%m-%d %H:%M"),
+    )[["batch", "received_at", "rows_stored", "model_version", "live_roc_auc", "flag", "max_psi", "top_drifting"]]
+    st.dataframe(table.rename(columns={
+        "batch": "Batch", "received_at": "Received (UTC)", "rows_stored": "Rows", "model_version": "Version in service",
+        "live_roc_auc": "Live ROC-AUC", "flag": "", "max_psi": "Largest PSI", "top_drifting": "Most drifting (PSI)"}),
+        hide_index=True, column_config={"Live ROC-AUC": st.column_config.NumberColumn(format="%.3f"),
+                                        "Largest PSI": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+    st.caption(
+        f"Version in service: the version that scored the batch (none before the first promotion). "
+        f"PSI above {SIGNIFICANT_PSI} is a significant shift from the data that version was trained on."
+    )
+    st.subheader("Promotions")
+    if promoted.empty:
+        st.info("No version has been promoted yet.")
+    else:
+        st.dataframe(promoted.assign(promoted_at=promoted["promoted_at"].dt.strftime("%Y-%m-%d %H:%M")).rename(
+            columns={"version": "Version", "promoted_at": "Promoted (UTC)", "promoted_by": "By",
+                     "replaced": "Replaced", "reason": "Gate's reason"}), hide_index=True)  # fmt: skip
