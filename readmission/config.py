@@ -163,6 +163,7 @@ class Settings(BaseSettings):
     mysql_root_password: SecretStr = Field(SecretStr(""), description="MySQL's root (docker-compose, Kubernetes).")
     mysql_pipeline_password: SecretStr = Field(SecretStr(""), description="MySQL user `pipeline`: raw/clean DBs.")
     mysql_mlflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `mlflow`: mlflow_db.")
+    mysql_monitor_password: SecretStr = Field(SecretStr(""), description="MySQL user `monitor` (the UI): reads only.")
     postgres_airflow_password: SecretStr = Field(
         SecretStr(""), description="PostgreSQL user `airflow`: Airflow's metadata (database `airflow`)."
     )

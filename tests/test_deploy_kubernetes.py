@@ -484,7 +484,7 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
         (bin_dir / "mysql").write_text(f'#!/bin/sh\nexec {client} --no-defaults --socket={server.socket} "$@"\n')
         (bin_dir / "mysql").chmod(0o755)
         passwords = {"MYSQL_ROOT_PASSWORD": "root-pw", "MYSQL_PIPELINE_PASSWORD": "pipe-pw",
-                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw"}  # fmt: skip
+                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw", "MYSQL_MONITOR_PASSWORD": "monitor-pw"}  # fmt: skip
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **passwords}
         script = str(REPO_ROOT / "kubernetes" / "base" / "scripts" / "init-databases.sh")
         for _ in range(2):  # a second run changes nothing and does not fail
@@ -518,6 +518,13 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
         with connect("pipeline", "pipe-pw", "clean_data_db") as db, db.cursor() as cursor:
             with pytest.raises(pymysql.err.OperationalError, match="denied"):
                 cursor.execute("GRANT SELECT ON clean_data_db.* TO 'mlflow'@'%'")
+        with connect("monitor", "monitor-pw", "clean_data_db") as db, db.cursor() as cursor:  # the UI reads only
+            cursor.execute("SELECT COUNT(*) FROM train_data")
+            assert cursor.fetchone() == (1,)
+            with pytest.raises(pymysql.err.OperationalError, match="denied"):
+                cursor.execute("DELETE FROM diabetes_clean")
+        with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
+            connect("monitor", "monitor-pw", "mlflow_db")
 
         refused = subprocess.run([script], env={**env, "MYSQL_MLFLOW_PASSWORD": "it's@secret"}, capture_output=True,
                                  text=True)  # fmt: skip
@@ -686,7 +693,7 @@ AIRFLOW = {"app.kubernetes.io/component": "airflow", "app.kubernetes.io/name": "
 # (who, whose pods, port, protocol): every connection the platform makes inside the cluster.
 ALLOWED = [
     ("ingress controller", "streamlit", 8501, "TCP"), ("ingress controller", "inference-api", 8000, "TCP"),
-    ("streamlit", "inference-api", 8000, "TCP"), ("streamlit", "mlflow", 5000, "TCP"),
+    ("streamlit", "inference-api", 8000, "TCP"), ("streamlit", "mlflow", 5000, "TCP"), ("streamlit", "mysql", 3306, "TCP"),
     ("prometheus", "inference-api", 8000, "TCP"), ("prometheus", "pushgateway", 9091, "TCP"),
     ("prometheus", "statsd-exporter", 9102, "TCP"), ("prometheus", "node-exporter", 9100, "TCP"),
     ("grafana", "prometheus", 9090, "TCP"),
@@ -702,7 +709,7 @@ DENIED = [
     ("ingress controller", "airflow-api-server", 8080, "TCP"), ("ingress controller", "prometheus", 9090, "TCP"),
     ("ingress controller", "minio", 9001, "TCP"), ("ingress controller", "mysql", 3306, "TCP"),
     ("another namespace", "inference-api", 8000, "TCP"), ("another namespace", "streamlit", 8501, "TCP"),
-    ("streamlit", "mysql", 3306, "TCP"), ("streamlit", "minio", 9000, "TCP"), ("inference-api", "mysql", 3306, "TCP"),
+    ("streamlit", "minio", 9000, "TCP"), ("inference-api", "mysql", 3306, "TCP"),
     ("data-api", "inference-api", 8000, "TCP"), ("grafana", "inference-api", 8000, "TCP"),
     ("streamlit", "airflow-api-server", 8080, "TCP"), ("inference-api", "data-api", 5001, "TCP"),
     ("airflow", "grafana", 3000, "TCP"), ("airflow", "streamlit", 8501, "TCP"), ("prometheus", "mysql", 3306, "TCP"),
