@@ -105,6 +105,7 @@ def start(settings: Settings, timeout: float = 300.0) -> list[subprocess.Popen]:
 def run(settings: Settings) -> int:
     """`make airflow`: a data API, then Airflow until Ctrl-C; prints where to sign in and how to trigger a run."""
     sys.stdout.reconfigure(line_buffering=True)
+    processes.stop_on_sigterm()
     started: list[subprocess.Popen] = []
     try:
         data_api, dataset, warning = processes.start_data_api(settings)

@@ -153,6 +153,7 @@ def run(settings: Settings) -> int:
     from readmission import pipeline, registry, ui
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    processes.stop_on_sigterm()
     if not settings.reload_token.get_secret_value():  # so that each promotion reaches the API through /reload
         settings = settings.model_copy(update={"reload_token": SecretStr(secrets.token_urlsafe(24))})
     # `/reload` reloads the worker that answers it; the API's other workers follow at their next poll of the registry.

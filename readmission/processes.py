@@ -76,6 +76,12 @@ def wait_ready(process: subprocess.Popen, ready_url: str, log_path: Path, timeou
     raise TimeoutError(f"{ready_url} did not answer within {timeout:.0f}s; see {log_path}")
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM end this process as Ctrl-C does, so that what it started is stopped too (`finally` runs);
+    the servers run in sessions of their own, which a signal to this process's group does not reach."""
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     """Stop the processes, newest first: a process started in a session of its own with all it started."""
     for process in reversed(processes):

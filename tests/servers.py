@@ -50,6 +50,12 @@ def wait_until(check, timeout: float = 60.0, interval: float = 0.2, what: str = 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}: {last_error!r}")
 
 
+def listening(port: int) -> bool:
+    """True when something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def http_ok(url: str) -> bool:
     """True when `url` answers 2xx."""
     return requests.get(url, timeout=2).ok

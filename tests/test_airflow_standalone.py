@@ -11,7 +11,7 @@ import pytest
 
 from readmission import pipeline
 from readmission.config import Settings
-from tests.servers import AirflowAPI, PostgreSQL, free_port, start_airflow, start_data_api
+from tests.servers import AirflowAPI, PostgreSQL, free_port, listening, start_airflow, start_data_api, wait_until
 from tests.snapshots import assert_same, snapshot
 
 pytestmark = pytest.mark.slow
@@ -54,6 +54,8 @@ def airflow(postgresql, mariadb, data_api, tmp_path_factory):
     server, api = start_airflow(settings, postgresql.url, connections, data_dir.parent / "readmission-airflow.log")
     yield settings.model_copy(update={"raw_db_url": raw, "clean_db_url": clean}), api
     server.stop()
+    # Stopping the command stops the Airflow parts it started, though they run in sessions of their own.
+    wait_until(lambda: not listening(settings.airflow_port), 30, what="Airflow's API server to stop with the command")
 
 
 def local_batch_keys(settings: Settings) -> list[str]:
