@@ -185,7 +185,9 @@ def synthetic_data_api(synthetic_csv, tmp_path_factory) -> str:
     """The real data API (gunicorn) serving `synthetic_csv` in 1,000-row batches for the session; its URL."""
     from tests.servers import start_data_api
 
-    server, url = start_data_api(synthetic_csv, tmp_path_factory.mktemp("data-api-logs"), batch_size=1_000)
+    # An hour per batch: the suite takes longer than the four batches would last at the real 5 minutes each.
+    server, url = start_data_api(synthetic_csv, tmp_path_factory.mktemp("data-api-logs"), batch_size=1_000,
+                                 interval=3600.0)  # fmt: skip
     yield url
     server.stop()
 
