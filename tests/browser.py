@@ -84,37 +84,42 @@ class PatientForm:
 
 
 class SwaggerPage:
-    """The inference API's OpenAPI page (Swagger UI), driven as a developer does: Authorize, Try it out, Execute."""
+    """The inference API's OpenAPI page (Swagger UI), driven as a developer does: Authorize, Try it out, Execute.
+
+    Swagger UI re-renders an operation on each click, so every element is looked up again once it is there.
+    """
+
+    PREDICT = "operations-predictions-predict_predict_post"
 
     def __init__(self, driver, url: str, timeout: float = 30):
         self.driver = driver
         self.wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(url)
-        self.operation = self.wait.until(
-            ec.element_to_be_clickable((By.ID, "operations-predictions-predict_predict_post"))
-        )
+        self.wait.until(ec.element_to_be_clickable((By.ID, self.PREDICT)))
 
-    def click(self, locator: tuple[str, str]) -> None:
-        self.wait.until(ec.element_to_be_clickable(locator)).click()
+    def click(self, css: str) -> None:
+        self.wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
 
     def authorize(self, key: str) -> None:
-        self.click((By.CSS_SELECTOR, "button.authorize"))
-        box = self.wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".modal-ux input")))
-        box.send_keys(key)
-        self.click((By.CSS_SELECTOR, ".modal-ux button.authorize"))
-        self.click((By.CSS_SELECTOR, ".modal-ux button.btn-done"))
+        self.click("button.authorize")
+        self.wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".modal-ux input"))).send_keys(key)
+        self.click(".modal-ux button.authorize")
+        self.click(".modal-ux button.btn-done")
+        self.wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, ".modal-ux")))
 
     def try_predict(self) -> str:
         """Execute POST /predict with its example body; the status code the page shows."""
-        if "is-open" not in self.operation.get_attribute("class"):
-            self.operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
-        if self.operation.find_elements(By.CSS_SELECTOR, "button.try-out__btn:not(.cancel)"):
-            self.operation.find_element(By.CSS_SELECTOR, "button.try-out__btn").click()
-        for old in self.operation.find_elements(By.CSS_SELECTOR, "button.btn-clear"):
-            old.click()
-        self.operation.find_element(By.CSS_SELECTOR, "button.execute").click()
-        status = (By.CSS_SELECTOR, ".live-responses-table .response .response-col_status")
-        return self.wait.until(lambda _: self.operation.find_element(*status).text.strip() or False)
+        operation = f"#{self.PREDICT}"
+        if not self.driver.find_elements(By.CSS_SELECTOR, f"{operation}.is-open"):
+            self.click(f"{operation} .opblock-summary")
+        if not self.driver.find_elements(By.CSS_SELECTOR, f"{operation} button.try-out__btn.cancel"):
+            self.click(f"{operation} button.try-out__btn")
+        for _ in self.driver.find_elements(By.CSS_SELECTOR, f"{operation} button.btn-clear"):
+            self.click(f"{operation} button.btn-clear")
+        self.wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, f"{operation} .live-responses-table")))
+        self.click(f"{operation} button.execute")
+        status = (By.CSS_SELECTOR, f"{operation} .live-responses-table .response .response-col_status")
+        return self.wait.until(lambda _: self.driver.find_element(*status).text.strip() or False)
 
     def response_body(self) -> str:
-        return self.operation.find_element(By.CSS_SELECTOR, ".live-responses-table .microlight").text
+        return self.driver.find_element(By.CSS_SELECTOR, f"#{self.PREDICT} .live-responses-table .microlight").text
