@@ -47,4 +47,4 @@ def typed_encounters(valid_raw: pd.DataFrame) -> pd.DataFrame:
 def clean_rows(valid_raw: pd.DataFrame) -> pd.DataFrame:
     """The clean rows of validated raw rows (see `validation.split_valid_rows`): typed columns and split."""
     typed = typed_encounters(valid_raw).reset_index(drop=True)
-    return typed.assign(split=assign_split(typed["patient_nbr"]).to_numpy())[list(CLEAN_COLUMNS)]
+    return typed.assign(split=assign_split(typed["patient_nbr"]))[list(CLEAN_COLUMNS)]

@@ -156,3 +156,49 @@ def saved_model(folder, seed: int = 0, pickled: bool = False):
                                   pip_requirements=["scikit-learn"])  # fmt: skip
         return folder
     return mlflow_model.save_model(pipeline, folder, frame.head(3))
+
+
+# --- stores -------------------------------------------------------------------------------------------
+
+TIMESTAMPS = {"ingested_at", "started_at", "finished_at", "scored_at"}
+STORE_TABLES = {"raw": ("diabetes_raw", "batch_log", "quarantine"), "clean": ("diabetes_clean", "predictions")}
+
+
+def cleaned(raw_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(clean rows, quarantined rows with a reason) of stored raw rows: what the ingestion stores clean."""
+    from readmission.ingest import validate_and_clean
+
+    result = validate_and_clean(raw_rows)
+    return result.clean, result.quarantined
+
+
+def write_raw_and_clean(storage, number: int, frame: pd.DataFrame):
+    """Store a batch raw, then validated and clean, as the DAG's separate tasks do; (raw, final) counts."""
+    raw = storage.write_raw(number, frame, source="test")
+    return raw, storage.write_clean(number, *cleaned(raw.rows))
+
+
+def store_contents(storage) -> dict[str, pd.DataFrame]:
+    """Every table's rows, timestamps and surrogate ids left out, in a stable order."""
+    import sqlalchemy as sa
+
+    tables = {}
+    for side, names in STORE_TABLES.items():
+        engine = getattr(storage, side)
+        for name in names:
+            with engine.connect() as conn:
+                frame = pd.read_sql(sa.text(f"SELECT * FROM {name}"), conn)
+            frame = frame.drop(columns=[c for c in frame.columns if c in TIMESTAMPS or c == "id"])
+            tables[name] = frame.sort_values(list(frame.columns), ignore_index=True)
+    return tables
+
+
+def assert_same_contents(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> None:
+    for name, expected in before.items():
+        pd.testing.assert_frame_equal(after[name], expected, obj=name)
+
+
+def writes_rows_into(statement: str, table: str) -> bool:
+    """Whether `statement` writes rows into `table`: an INSERT, or MySQL's LOAD DATA of a chunk of rows."""
+    loads = statement.startswith("LOAD DATA") and f" INTO TABLE {table} " in statement
+    return loads or statement.startswith(f"INSERT INTO {table} ")
