@@ -107,7 +107,6 @@ def pipeline_run_figures(batch: int = 3, scored_by: str | None = "2") -> dict[st
         "fetch_batch": {"batch": batch, "total_batches": 7, "rows_fetched": 1_000, "seconds": 1.2},
         "store_raw": {"batch": batch, "rows_received": 1_000, "rows_stored_raw": 1_000, "rows_rejected_raw": 0,
                       "seconds": 2.0},
-        "validate_and_clean": {"batch": batch, "rows_valid": 990, "rows_rejected": 10, "seconds": 0.7},
         "store_clean": {"batch": batch, "rows_received": 1_000, "rows_stored": 990, "rows_rejected": 10,
                         "seconds": 1.5},
         "export_batch": {"batch": batch, "rows_exported": 990, "clean": f"data/batches/{batch}/clean.parquet",
@@ -202,3 +201,19 @@ def writes_rows_into(statement: str, table: str) -> bool:
     """Whether `statement` writes rows into `table`: an INSERT, or MySQL's LOAD DATA of a chunk of rows."""
     loads = statement.startswith("LOAD DATA") and f" INTO TABLE {table} " in statement
     return loads or statement.startswith(f"INSERT INTO {table} ")
+
+
+def old_layout_clean_table(storage) -> None:
+    """Put the clean table of the older layout (engineered features, target flags) in place of this one."""
+    import sqlalchemy as sa
+
+    storage.drop_clean_table()
+    with storage.clean.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE diabetes_clean (a1c_level DOUBLE NOT NULL, readmitted_any SMALLINT NOT NULL,"
+                " encounter_id BIGINT PRIMARY KEY, patient_nbr BIGINT NOT NULL, split VARCHAR(10) NOT NULL,"
+                " batch_number INTEGER NOT NULL)"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO diabetes_clean VALUES (1.0, 1, 1000, 5, 'train', 1)"))

@@ -8,7 +8,13 @@ import sqlalchemy as sa
 
 from readmission import ingest
 from readmission.storage import REBUILD_CLEAN, Storage, StorageError, diabetes_clean
-from tests.factories import assert_same_contents, encounter_rows, store_contents, write_raw_and_clean
+from tests.factories import (
+    assert_same_contents,
+    encounter_rows,
+    old_layout_clean_table,
+    store_contents,
+    write_raw_and_clean,
+)
 
 
 def test_creating_the_schema_twice_is_harmless(storage):
@@ -35,20 +41,6 @@ def test_a_table_that_does_not_match_this_code_is_reported(storage):
         conn.execute(sa.text("ALTER TABLE quarantine DROP COLUMN raw_row"))
     with pytest.raises(StorageError, match=r"table quarantine .* missing \['raw_row'\], unexpected \[\]; migrate"):
         storage.create_schema()
-
-
-def old_layout_clean_table(storage: Storage) -> None:
-    """Put the clean table of the older layout (engineered features, target flags) in place of this one."""
-    storage.drop_clean_table()
-    with storage.clean.begin() as conn:
-        conn.execute(
-            sa.text(
-                "CREATE TABLE diabetes_clean (a1c_level DOUBLE NOT NULL, readmitted_any SMALLINT NOT NULL,"
-                " encounter_id BIGINT PRIMARY KEY, patient_nbr BIGINT NOT NULL, split VARCHAR(10) NOT NULL,"
-                " batch_number INTEGER NOT NULL)"
-            )
-        )
-        conn.execute(sa.text("INSERT INTO diabetes_clean VALUES (1.0, 1, 1000, 5, 'train', 1)"))
 
 
 def test_a_clean_table_of_the_older_layout_is_refused_until_rebuilt_from_the_raw_rows(storage):
