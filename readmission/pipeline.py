@@ -5,9 +5,9 @@ and returns a small JSON-able dict for XCom: batch numbers, counts, ids, scores 
 step's duration, never rows. Those dicts are also what a run pushes as metrics.
 
 Rows move between steps through durable stores only:
-  * `fetch_batch` lands the batch exactly as the data API served it in the batch store,
-    `batches/<n>/raw.parquet` (a folder under DATA_DIR, or the S3/MinIO bucket when
-    BATCH_STORE=s3), and `store_raw` writes that landed copy to `diabetes_raw`;
+  * `fetch_batch` lands the batch exactly as the data API served it in the batch store
+    (`readmission.batch_store`: `batches/<n>/raw.parquet` under DATA_DIR, or in the S3/MinIO
+    bucket when BATCH_STORE=s3), and `store_raw` writes that landed copy to `diabetes_raw`;
   * `store_clean` reads the raw rows back, validates and cleans them once (`readmission.ingest`)
     and writes `diabetes_clean`; every later step reads the batch's clean rows, never the raw ones;
   * `export_batch` adds `batches/<n>/clean.parquet` next to the landed raw rows.
@@ -20,7 +20,6 @@ read) skips the run, `BatchRefused` (a batch that can never pass) fails it witho
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ from mlflow.entities.model_registry.model_version_status import ModelVersionStat
 from mlflow.exceptions import MlflowException
 from sqlalchemy.engine import make_url
 
-from readmission import evaluate, features, ingest, registry, schema, sources
+from readmission import batch_store, evaluate, features, ingest, registry, schema, sources
 from readmission import train as training
 from readmission.config import Settings
 from readmission.storage import Storage
@@ -120,50 +119,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-# --- the batch store: a folder under DATA_DIR, or the S3/MinIO bucket ------------------------------
-
-
-def batch_key(batch: int, name: str) -> str:
-    """Key of one Parquet file of a batch: `batches/<n>/<name>.parquet`."""
-    return f"batches/{batch}/{name}.parquet"
-
-
-def _s3(settings: Settings):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, region_name=settings.aws_region)
-
-
-def write_batch_file(settings: Settings, key: str, frame: pd.DataFrame) -> str:
-    """Write `frame` as Parquet at `key` in the batch store, replacing it whole; returns its location."""
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    if settings.batch_store == "s3":
-        client = _s3(settings)
-        try:
-            client.head_bucket(Bucket=settings.s3_bucket)
-        except client.exceptions.ClientError:
-            client.create_bucket(Bucket=settings.s3_bucket)
-        client.put_object(Bucket=settings.s3_bucket, Key=key, Body=buffer.getvalue())
-        return f"s3://{settings.s3_bucket}/{key}"
-    path = settings.data_dir.resolve() / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)  # atomic: a reader never sees half a file
-    return str(path)
-
-
-def read_batch_file(settings: Settings, key: str) -> pd.DataFrame:
-    """The Parquet file at `key` in the batch store; text columns come back as objects with None for missing."""
-    if settings.batch_store == "s3":
-        body = _s3(settings).get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
-        frame = pd.read_parquet(io.BytesIO(body))
-    else:
-        frame = pd.read_parquet(settings.data_dir.resolve() / key)
-    return frame.astype(object).where(frame.notna(), None)
-
-
 # --- the steps ---------------------------------------------------------------------------------------
 
 
@@ -192,7 +147,7 @@ def fetch_batch(settings: Settings, batch: int | None = None) -> dict:
         raise RunSkipped(str(exc)) from exc
     except LookupError as exc:
         raise BatchRefused(str(exc)) from exc
-    location = write_batch_file(settings, batch_key(fetched.number, "raw"), fetched.rows)
+    location = batch_store.write_batch_file(settings, batch_store.batch_key(fetched.number, "raw"), fetched.rows)
     log.info("batch %d: %d rows fetched, landed at %s", fetched.number, fetched.size, location)
     return {"batch": fetched.number, "total_batches": fetched.total_batches, "rows_fetched": fetched.size}
 
@@ -210,7 +165,7 @@ def _storage(settings: Settings) -> Iterator[Storage]:
 @_timed
 def store_raw(settings: Settings, batch: int) -> dict:
     """Write the landed batch to `diabetes_raw` (replacing what the batch stored before)."""
-    rows = read_batch_file(settings, batch_key(batch, "raw"))
+    rows = batch_store.read_batch_file(settings, batch_store.batch_key(batch, "raw"))
     with _storage(settings) as storage:
         storage.create_schema()
         try:
@@ -254,7 +209,7 @@ def export_batch(settings: Settings, batch: int) -> dict:
     """Export the batch's clean rows as `batches/<n>/clean.parquet`, next to the raw rows landed by fetch_batch."""
     with _storage(settings) as storage:
         clean = storage.read_clean_batch(batch)
-    location = write_batch_file(settings, batch_key(batch, "clean"), clean)
+    location = batch_store.write_batch_file(settings, batch_store.batch_key(batch, "clean"), clean)
     log.info("batch %d: %d clean rows exported to %s", batch, len(clean), location)
     return {"batch": batch, "rows_exported": len(clean), "clean": location}
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from readmission import ingest, pipeline
+from readmission import batch_store, ingest, pipeline
 from readmission.config import Settings
 from readmission.storage import Storage
 from readmission.validation import split_valid_rows
@@ -45,7 +45,7 @@ def test_a_fetched_batch_lands_in_the_batch_store_exactly_as_served(make_setting
     settings = make_settings(data_api_url=synthetic_data_api)
     fetched = pipeline.fetch_batch(settings, 2)
     assert fetched | {"seconds": 0} == {"batch": 2, "total_batches": 4, "rows_fetched": 1_000, "seconds": 0}
-    landed = pipeline.read_batch_file(settings, pipeline.batch_key(2, "raw"))
+    landed = batch_store.read_batch_file(settings, batch_store.batch_key(2, "raw"))
     pd.testing.assert_frame_equal(landed, synthetic_frame.iloc[1_000:2_000].reset_index(drop=True).astype(object))
 
 
@@ -70,9 +70,10 @@ def test_the_batch_store_round_trips_text_and_missing_values_on_s3(make_settings
     settings = make_settings(batch_store="s3", s3_bucket="batches-test", s3_endpoint_url=s3_server.url)
     frame = pd.DataFrame({"max_glu_serum": ["None", "?", None], "encounter_id": ["1", "2", "3"]}, dtype=object)
     assert (
-        pipeline.write_batch_file(settings, "batches/1/raw.parquet", frame) == "s3://batches-test/batches/1/raw.parquet"
+        batch_store.write_batch_file(settings, "batches/1/raw.parquet", frame)
+        == "s3://batches-test/batches/1/raw.parquet"
     )
-    back = pipeline.read_batch_file(settings, "batches/1/raw.parquet")
+    back = batch_store.read_batch_file(settings, "batches/1/raw.parquet")
     assert back["max_glu_serum"].tolist() == ["None", "?", None]
 
 
@@ -100,7 +101,7 @@ def test_an_unreachable_inference_service_is_a_warning_not_a_failure(make_settin
 
 def land(settings: Settings, batch: int, rows: pd.DataFrame) -> None:
     """Put rows where fetch_batch lands a batch, as if the data API had served them."""
-    pipeline.write_batch_file(settings, pipeline.batch_key(batch, "raw"), rows.astype(object))
+    batch_store.write_batch_file(settings, batch_store.batch_key(batch, "raw"), rows.astype(object))
 
 
 def ingest_landed(settings: Settings, batch: int) -> dict:
