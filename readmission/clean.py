@@ -13,6 +13,7 @@ computes them from these columns (the same features as from the raw text, see th
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from readmission import schema
@@ -30,18 +31,18 @@ def typed_encounters(valid_raw: pd.DataFrame) -> pd.DataFrame:
     Raises ValueError naming the column when an integer column holds anything but whole numbers
     (validation quarantines those rows first).
     """
-    typed = {}
-    for column in schema.COLUMNS:
-        values = valid_raw[column]
-        if column in INTEGER_COLUMNS:
-            numbers = whole_numbers(values)
-            if numbers.isna().any():
-                raise ValueError(f"{column} must be whole numbers, got {values[numbers.isna()].head(5).tolist()}")
-            typed[column] = numbers.astype("int64")
-        else:
-            text = values.astype(object)
-            typed[column] = text.where(text.notna() & (text != schema.MISSING), None)
-    return pd.DataFrame(typed, index=valid_raw.index)
+    integers = {}
+    for column in INTEGER_COLUMNS:
+        numbers = whole_numbers(valid_raw[column])
+        if numbers.isna().any():
+            raise ValueError(
+                f"{column} must be whole numbers, got {valid_raw[column][numbers.isna()].head(5).tolist()}"
+            )
+        integers[column] = numbers.to_numpy(dtype=np.int64)
+    text = valid_raw[list(TEXT_COLUMNS)].to_numpy(dtype=object, copy=True)  # every text column at once
+    text[pd.isna(text) | (text == schema.MISSING)] = None
+    typed = pd.DataFrame(text, index=valid_raw.index, columns=list(TEXT_COLUMNS), dtype=object)
+    return typed.assign(**integers)[list(schema.COLUMNS)]
 
 
 def clean_rows(valid_raw: pd.DataFrame) -> pd.DataFrame:
