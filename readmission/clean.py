@@ -40,7 +40,8 @@ def typed_encounters(valid_raw: pd.DataFrame) -> pd.DataFrame:
             )
         integers[column] = numbers.to_numpy(dtype=np.int64)
     text = valid_raw[list(TEXT_COLUMNS)].to_numpy(dtype=object, copy=True)  # every text column at once
-    text[pd.isna(text) | (text == schema.MISSING)] = None
+    text[pd.isna(text)] = None  # first: comparing pandas' NA with text raises
+    text[text == schema.MISSING] = None
     typed = pd.DataFrame(text, index=valid_raw.index, columns=list(TEXT_COLUMNS), dtype=object)
     return typed.assign(**integers)[list(schema.COLUMNS)]
 
