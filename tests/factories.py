@@ -40,7 +40,8 @@ def encounter(**overrides) -> dict[str, str]:
 
 
 def labelled_encounters(rows: int = 2_000, seed: int = 0) -> pd.DataFrame:
-    """Synthetic encounters as `Storage.labelled_encounters()` gives them: the 50 columns and their split."""
+    """Synthetic encounters with their split, as `Storage.labelled_encounters()` gives them but with the 50 columns
+    as text (the models compute the same features from text as from the clean table's typed columns)."""
     from readmission.split import assign_split
 
     frame = synthetic_dataset(rows, seed=seed)
