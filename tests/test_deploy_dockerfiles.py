@@ -125,6 +125,7 @@ def test_a_service_image_checks_its_own_endpoint(dockerfile):
 # --- each service image's command is the one the tests start, and the service answers healthy ---------
 
 
+@pytest.mark.servers
 def test_the_data_api_starts_with_its_image_command_and_passes_its_healthcheck(synthetic_csv, tmp_path):
     server, url = start_data_api(synthetic_csv, tmp_path, batch_size=1_000)
     port = int(url.rsplit(":", 1)[1])
@@ -136,6 +137,7 @@ def test_the_data_api_starts_with_its_image_command_and_passes_its_healthcheck(s
     assert not passes_healthcheck(DATA_API_DOCKERFILE, port)  # the check fails when nothing answers
 
 
+@pytest.mark.servers
 def test_the_ui_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     from readmission.ui import serve, ui_command
 
@@ -152,6 +154,7 @@ def test_the_ui_starts_with_its_image_command_and_passes_its_healthcheck(tmp_pat
     assert not passes_healthcheck(dockerfile, port)
 
 
+@pytest.mark.servers
 def test_the_inference_api_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     dockerfile = REPO_ROOT / "fastapi" / "Dockerfile"
     # No model yet: the service is alive (/health) and not ready; its image checks liveness.
@@ -166,6 +169,7 @@ def test_the_inference_api_starts_with_its_image_command_and_passes_its_healthch
     assert not passes_healthcheck(dockerfile, port)
 
 
+@pytest.mark.servers
 def test_the_mlflow_server_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     # The server reaches S3 only when artifacts move: no S3 endpoint needs to answer for it to start.
     server, url = start_mlflow_image(f"sqlite:///{tmp_path / 'mlflow.db'}", "s3://mlflow-artifacts",

@@ -25,6 +25,8 @@ from readmission.serving.schemas import EXAMPLE_ENCOUNTER, FIELDS, RISK_LABELS
 from tests.factories import metric, register_model
 from tests.servers import start_inference_api, wait_until
 
+pytestmark = pytest.mark.servers
+
 TOKEN = "test-reload-token"
 MAX_BATCH_ROWS = 100
 MAX_BODY_BYTES = 200_000
