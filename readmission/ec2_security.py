@@ -16,7 +16,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from readmission.config import Settings, get_settings
-from readmission.scheduler.reconcile import Change, format_changes
+from readmission.scheduler import Change, format_changes
 
 
 def allowed_network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

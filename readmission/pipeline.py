@@ -163,7 +163,7 @@ def check_source(settings: Settings) -> dict:
     """The EC2 instance runs (when EC2_INSTANCE_ID is set) and the data API answers; else RunSkipped."""
     state = None
     if settings.ec2_instance_id:
-        from readmission.scheduler.instances import ec2_instance_state
+        from readmission.scheduler import ec2_instance_state
 
         state = ec2_instance_state(settings.ec2_instance_id, settings.aws_region)
         if state != RUNNING:

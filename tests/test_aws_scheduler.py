@@ -12,8 +12,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from readmission.scheduler import desired, reconcile
-from readmission.scheduler.desired import (
+from readmission import scheduler
+from readmission.scheduler import (
     ACTIONS,
     AWS_DIR,
     LAMBDA_DIR,
@@ -21,12 +21,14 @@ from readmission.scheduler.desired import (
     Account,
     SchedulerConfig,
     code_sha256,
+    ec2_instance_state,
     lambda_package,
     policy_values,
     render_policy,
+    setup,
+    teardown,
+    update_schedule,
 )
-from readmission.scheduler.instances import ec2_instance_state
-from readmission.scheduler.reconcile import setup, teardown, update_schedule
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_setup_creates_the_roles_functions_and_schedules(config, account):
     lambda_client = boto3.client("lambda")
     for action in ACTIONS:
         function = lambda_client.get_function_configuration(FunctionName=config.function_name(action))
-        assert function["Handler"] == desired.HANDLERS[action]
+        assert function["Handler"] == scheduler.HANDLERS[action]
         assert function["Role"] == account.role_arn(config.lambda_role_name)
         assert function["Environment"]["Variables"] == {"EC2_INSTANCE_IDS": ",".join(config.instance_ids)}
         assert function["CodeSha256"] == code_sha256(lambda_package(LAMBDA_DIR))
@@ -100,7 +102,7 @@ def test_running_setup_twice_changes_nothing_the_second_time(config):
 
     assert {change.action for change in changes} == {"unchanged"}
     assert snapshot(config) == before
-    assert reconcile.format_changes(changes).endswith("0 change(s)")
+    assert scheduler.format_changes(changes).endswith("0 change(s)")
 
 
 def test_the_schedules_carry_the_default_time_zone_and_daily_crons(config, account):
@@ -138,10 +140,10 @@ def test_the_lambda_role_policy_is_the_rendered_least_privilege_file(config, acc
     setup(config)
 
     iam = boto3.client("iam")
-    document = iam.get_role_policy(RoleName=config.lambda_role_name, PolicyName=desired.LAMBDA_POLICY_NAME)
+    document = iam.get_role_policy(RoleName=config.lambda_role_name, PolicyName=scheduler.LAMBDA_POLICY_NAME)
     policy = document["PolicyDocument"]
     assert policy == render_policy("lambda_ec2_start_stop_policy.json", policy_values(config, account))
-    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [desired.LAMBDA_POLICY_NAME]
+    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [scheduler.LAMBDA_POLICY_NAME]
     assert iam.list_attached_role_policies(RoleName=config.lambda_role_name)["AttachedPolicies"] == []
     by_action = {action: statement for statement in policy["Statement"] for action in actions_of(statement)}
     instance_arns = [f"arn:aws:ec2:us-east-1:{account.account_id}:instance/{item}" for item in config.instance_ids]
@@ -158,7 +160,7 @@ def test_the_scheduler_role_may_only_invoke_the_two_functions(config, account):
 
     iam = boto3.client("iam")
     policy = iam.get_role_policy(RoleName=config.scheduler_role_name,
-                                 PolicyName=desired.SCHEDULER_POLICY_NAME)["PolicyDocument"]  # fmt: skip
+                                 PolicyName=scheduler.SCHEDULER_POLICY_NAME)["PolicyDocument"]  # fmt: skip
     assert policy["Statement"] == [{
         "Sid": "InvokeOnlyTheStartAndStopFunctions", "Effect": "Allow", "Action": "lambda:InvokeFunction",
         "Resource": [account.function_arn(config.function_name(action)) for action in ACTIONS],
@@ -180,7 +182,7 @@ def test_rendering_a_template_without_a_value_names_the_placeholder():
 
 
 def test_setup_waits_for_a_role_that_lambda_cannot_see_yet(monkeypatch):
-    monkeypatch.setattr(reconcile, "IAM_PROPAGATION_DELAY_SECONDS", 0)
+    monkeypatch.setattr(scheduler, "IAM_PROPAGATION_DELAY_SECONDS", 0)
     not_yet = ClientError({"Error": {"Code": "InvalidParameterValueException",
                                      "Message": "The role defined for the function cannot be assumed by Lambda."}},
                           "CreateFunction")  # fmt: skip
@@ -192,12 +194,12 @@ def test_setup_waits_for_a_role_that_lambda_cannot_see_yet(monkeypatch):
             raise not_yet
         return "created"
 
-    assert reconcile._retry_while_role_propagates(create_function) == "created"
+    assert scheduler._retry_while_role_propagates(create_function) == "created"
     assert len(attempts) == 3
 
 
 def test_other_aws_errors_are_not_retried(monkeypatch):
-    monkeypatch.setattr(reconcile, "IAM_PROPAGATION_DELAY_SECONDS", 0)
+    monkeypatch.setattr(scheduler, "IAM_PROPAGATION_DELAY_SECONDS", 0)
     attempts = []
 
     def create_function():
@@ -205,7 +207,7 @@ def test_other_aws_errors_are_not_retried(monkeypatch):
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "denied"}}, "CreateFunction")
 
     with pytest.raises(ClientError, match="AccessDenied"):
-        reconcile._retry_while_role_propagates(create_function)
+        scheduler._retry_while_role_propagates(create_function)
     assert len(attempts) == 1
 
 
@@ -221,7 +223,7 @@ def test_a_changed_handler_source_updates_only_the_function_code(config, tmp_pat
     changed_sources.mkdir()
     for path in LAMBDA_DIR.glob("*.py"):
         (changed_sources / path.name).write_text(path.read_text() + "\n# a new release\n")
-    monkeypatch.setattr(reconcile, "LAMBDA_DIR", changed_sources)
+    monkeypatch.setattr(scheduler, "LAMBDA_DIR", changed_sources)
 
     changes = {(change.kind, change.name): change for change in setup(config)}
 

@@ -4,13 +4,13 @@ two EventBridge Scheduler schedules. Idempotent: a second run reports everything
 
 import sys
 
-from readmission.scheduler import commands, reconcile
+from readmission import scheduler
 from readmission.config import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = commands.argument_parser(__doc__, get_settings(), instances=True, times=True)
-    return commands.run_command(reconcile.setup, parser, argv)
+    parser = scheduler.argument_parser(__doc__, get_settings(), instances=True, times=True)
+    return scheduler.run_command(scheduler.setup, parser, argv)
 
 
 if __name__ == "__main__":

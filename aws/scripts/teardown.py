@@ -3,13 +3,13 @@
 
 import sys
 
-from readmission.scheduler import commands, reconcile
+from readmission import scheduler
 from readmission.config import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = commands.argument_parser(__doc__, get_settings(), instances=False, times=False)
-    return commands.run_command(reconcile.teardown, parser, argv)
+    parser = scheduler.argument_parser(__doc__, get_settings(), instances=False, times=False)
+    return scheduler.run_command(scheduler.teardown, parser, argv)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 
 import sys
 
-from readmission.scheduler import commands, reconcile
+from readmission import scheduler
 from readmission.config import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = commands.argument_parser(__doc__, get_settings(), instances=False, times=True)
-    return commands.run_command(reconcile.update_schedule, parser, argv)
+    parser = scheduler.argument_parser(__doc__, get_settings(), instances=False, times=True)
+    return scheduler.run_command(scheduler.update_schedule, parser, argv)
 
 
 if __name__ == "__main__":

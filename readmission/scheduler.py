@@ -1,0 +1,569 @@
+"""The EC2 data API's daily schedule on AWS: IAM roles, start/stop Lambdas, EventBridge Scheduler.
+
+`setup` creates or updates everything, `update_schedule` changes only the two schedules and
+`teardown` deletes what setup created. Each one reads what exists, compares it with what
+should exist and touches only what differs, so a second run reports every resource
+`unchanged`; with `dry_run=True` it reports what it would do and changes nothing. The CLIs
+in `aws/scripts/` are thin wrappers around them. `ec2_instance_state` is what the DAG's
+`check_source` asks before fetching a batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import re
+import string
+import sys
+import time
+import urllib.parse
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import boto3
+import botocore.session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from readmission.config import Settings, get_settings
+
+AWS_DIR = Path(__file__).resolve().parent.parent / "aws"
+LAMBDA_DIR = AWS_DIR / "lambda"
+POLICY_DIR = AWS_DIR / "policies"
+
+ACTIONS = ("start", "stop")
+HANDLERS = {"start": "start_ec2_instance.lambda_handler", "stop": "stop_ec2_instance.lambda_handler"}
+LAMBDA_RUNTIME = "python3.12"
+LAMBDA_TIMEOUT_SECONDS = 30
+LAMBDA_MEMORY_MB = 128
+LAMBDA_POLICY_NAME = "ec2-start-stop"
+SCHEDULER_POLICY_NAME = "invoke-ec2-start-stop"
+SCHEDULE_GROUP = "default"
+SCHEDULE_RETRY_POLICY = {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 3}
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so identical sources give an identical zip (and CodeSha256)
+# A role AWS has just created is not visible to Lambda or Scheduler for a few seconds.
+IAM_PROPAGATION_ATTEMPTS = 10
+IAM_PROPAGATION_DELAY_SECONDS = 3.0
+
+INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+UNKNOWN_INSTANCE_ERRORS = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+NOT_FOUND_ERRORS = {"NoSuchEntity", "ResourceNotFoundException"}
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def parse_instance_ids(text: str) -> tuple[str, ...]:
+    """Comma-separated EC2 instance ids -> a tuple without blanks or repeats."""
+    return tuple(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+
+
+def cron_expression(time_of_day: str) -> str:
+    """`HH:MM` -> the EventBridge Scheduler cron for every day at that time (`cron(55 23 * * ? *)`)."""
+    match = TIME_OF_DAY.match(time_of_day.strip())
+    if not match:
+        raise ValueError(f"time of day must be HH:MM (00:00-23:59), got {time_of_day!r}")
+    return f"cron({int(match[2])} {int(match[1])} * * ? *)"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """What to schedule, where, and the names of everything setup creates."""
+
+    region: str
+    instance_ids: tuple[str, ...]
+    timezone: str
+    start_time: str
+    stop_time: str
+    lambda_role_name: str
+    scheduler_role_name: str
+    name_prefix: str
+
+    def __post_init__(self) -> None:
+        malformed = [item for item in self.instance_ids if not INSTANCE_ID.match(item)]
+        if malformed:
+            raise ValueError(f"malformed EC2 instance id(s): {', '.join(malformed)}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.timezone!r}") from exc
+        for time_of_day in (self.start_time, self.stop_time):
+            cron_expression(time_of_day)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SchedulerConfig:
+        """Settings' values, with the overrides that are not None."""
+        values = {
+            "region": settings.aws_region,
+            "instance_ids": parse_instance_ids(settings.ec2_instance_ids),
+            "timezone": settings.schedule_timezone,
+            "start_time": settings.start_time,
+            "stop_time": settings.stop_time,
+            "lambda_role_name": settings.lambda_role_name,
+            "scheduler_role_name": settings.scheduler_role_name,
+            "name_prefix": settings.lambda_name_prefix,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def function_name(self, action: str) -> str:
+        return f"{self.name_prefix}-{action}"
+
+    def schedule_name(self, action: str) -> str:
+        return f"{self.name_prefix}-{action}"
+
+    def time_of(self, action: str) -> str:
+        return self.start_time if action == "start" else self.stop_time
+
+
+@dataclass(frozen=True)
+class Account:
+    """Where the resources live: partition, region and account id, and the ARNs they give."""
+
+    partition: str
+    region: str
+    account_id: str
+
+    @classmethod
+    def of(cls, session: boto3.session.Session) -> Account:
+        caller = session.client("sts").get_caller_identity()
+        return cls(partition=caller["Arn"].split(":")[1], region=session.region_name, account_id=caller["Account"])
+
+    def role_arn(self, name: str) -> str:
+        return f"arn:{self.partition}:iam::{self.account_id}:role/{name}"
+
+    def function_arn(self, name: str) -> str:
+        return f"arn:{self.partition}:lambda:{self.region}:{self.account_id}:function:{name}"
+
+    def instance_arn(self, instance_id: str) -> str:
+        return f"arn:{self.partition}:ec2:{self.region}:{self.account_id}:instance/{instance_id}"
+
+
+# --- what should exist -----------------------------------------------------------------------
+
+
+def render_policy(template: str, values: dict[str, str | list[str]]) -> dict:
+    """The policy template `aws/policies/<template>` with its `${placeholders}` filled.
+
+    A string that is exactly one placeholder whose value is a list becomes that list (the
+    instance ARNs); every other placeholder is substituted as text. A missing value raises
+    KeyError naming the placeholder.
+    """
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: fill(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [fill(value) for value in node]
+        if isinstance(node, str):
+            whole = re.fullmatch(r"\$\{(\w+)\}", node)
+            if whole and isinstance(values.get(whole[1]), list):
+                return list(values[whole[1]])
+            return string.Template(node).substitute(values)
+        return node
+
+    return fill(json.loads((POLICY_DIR / template).read_text()))
+
+
+def policy_values(config: SchedulerConfig, account: Account) -> dict[str, str | list[str]]:
+    """The values the policy templates' placeholders take."""
+    return {
+        "partition": account.partition,
+        "region": account.region,
+        "account_id": account.account_id,
+        "instance_arns": [account.instance_arn(item) for item in config.instance_ids],
+        **{f"{action}_function": config.function_name(action) for action in ACTIONS},
+        **{f"{action}_function_arn": account.function_arn(config.function_name(action)) for action in ACTIONS},
+    }
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """An IAM role with its trust policy and its one inline policy."""
+
+    name: str
+    description: str
+    trust: dict
+    policy_name: str
+    policy: dict
+
+
+def role_specs(config: SchedulerConfig, account: Account) -> tuple[RoleSpec, RoleSpec]:
+    """The Lambda execution role and the Scheduler's invoke role, policies rendered."""
+    values = policy_values(config, account)
+    lambda_role = RoleSpec(
+        name=config.lambda_role_name,
+        description="Start/stop Lambdas of the EC2 data API: only its instances and its own logs",
+        trust=render_policy("lambda_trust_policy.json", values),
+        policy_name=LAMBDA_POLICY_NAME,
+        policy=render_policy("lambda_ec2_start_stop_policy.json", values),
+    )
+    scheduler_role = RoleSpec(
+        name=config.scheduler_role_name,
+        description="EventBridge Scheduler: invoke only the EC2 data API start/stop Lambdas",
+        trust=render_policy("scheduler_trust_policy.json", values),
+        policy_name=SCHEDULER_POLICY_NAME,
+        policy=render_policy("scheduler_invoke_policy.json", values),
+    )
+    return lambda_role, scheduler_role
+
+
+def lambda_package(source_dir: Path) -> bytes:
+    """The Lambda zip, built in memory from the `.py` files of `aws/lambda/`; identical sources, identical bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(source_dir.glob("*.py")):
+            entry = zipfile.ZipInfo(path.name, date_time=ZIP_TIMESTAMP)
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, path.read_bytes())
+    return buffer.getvalue()
+
+
+def code_sha256(package: bytes) -> str:
+    """The zip's digest as Lambda reports it in `CodeSha256` (base64 of SHA-256)."""
+    return base64.b64encode(hashlib.sha256(package).digest()).decode()
+
+
+def function_configuration(config: SchedulerConfig, account: Account, action: str) -> dict[str, Any]:
+    """The start or stop function's configuration (everything but its code)."""
+    return {
+        "Role": account.role_arn(config.lambda_role_name),
+        "Handler": HANDLERS[action],
+        "Runtime": LAMBDA_RUNTIME,
+        "Timeout": LAMBDA_TIMEOUT_SECONDS,
+        "MemorySize": LAMBDA_MEMORY_MB,
+        "Description": f"{action.capitalize()} the EC2 data API instance(s)",
+        "Environment": {"Variables": {"EC2_INSTANCE_IDS": ",".join(config.instance_ids)}},
+    }
+
+
+def schedule_definition(config: SchedulerConfig, account: Account, action: str) -> dict[str, Any]:
+    """The start or stop schedule: every day at its time, in the configured time zone."""
+    return {
+        "ScheduleExpression": cron_expression(config.time_of(action)),
+        "ScheduleExpressionTimezone": config.timezone,
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "State": "ENABLED",
+        "Description": f"{action.capitalize()} the EC2 data API daily at {config.time_of(action)} {config.timezone}",
+        "Target": {
+            "Arn": account.function_arn(config.function_name(action)),
+            "RoleArn": account.role_arn(config.scheduler_role_name),
+            "Input": "{}",  # the function reads the instance ids from its EC2_INSTANCE_IDS variable
+            "RetryPolicy": SCHEDULE_RETRY_POLICY,
+        },
+    }
+
+
+# --- comparing and applying --------------------------------------------------------------------
+
+
+PAST = {"create": "created", "update": "updated", "delete": "deleted"}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What setup/update/teardown did (or would do) to one resource."""
+
+    kind: str
+    name: str
+    action: str  # create | update | delete | unchanged | absent
+    detail: str = ""
+    dry_run: bool = False
+
+    @property
+    def changes_something(self) -> bool:
+        return self.action in PAST
+
+    def __str__(self) -> str:
+        verb = self.action
+        if self.changes_something:
+            verb = f"would {self.action}" if self.dry_run else PAST[self.action]
+        return f"{verb:<14} {self.kind:<16} {self.name}" + (f"  ({self.detail})" if self.detail else "")
+
+
+def format_changes(changes: list[Change]) -> str:
+    """One line per resource, then a summary line."""
+    changed = sum(change.changes_something for change in changes)
+    dry_run = any(change.dry_run for change in changes)
+    summary = f"{changed} change(s)" + (" planned (dry run: nothing was changed)" if dry_run else "")
+    return "\n".join([*map(str, changes), summary])
+
+
+def _error_code(exc: ClientError) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _get_or_none(call: Callable[[], Any]) -> Any:
+    """`call()`, or None when AWS answers that the resource does not exist."""
+    try:
+        return call()
+    except ClientError as exc:
+        if _error_code(exc) in NOT_FOUND_ERRORS:
+            return None
+        raise
+
+
+def _retry_while_role_propagates(call: Callable[[], Any]) -> Any:
+    """`call()`, retried while Lambda or Scheduler cannot yet see a role IAM has just created."""
+    for attempt in range(IAM_PROPAGATION_ATTEMPTS):
+        try:
+            return call()
+        except ClientError as exc:
+            role_not_ready = _error_code(exc) in {"InvalidParameterValueException", "ValidationException"} \
+                and "role" in str(exc).lower()  # fmt: skip
+            if not role_not_ready or attempt == IAM_PROPAGATION_ATTEMPTS - 1:
+                raise
+            time.sleep(IAM_PROPAGATION_DELAY_SECONDS)
+
+
+def _matches(desired: Any, current: Any) -> bool:
+    """True when `current` has `desired`; dictionaries are compared key by key (AWS adds its own keys)."""
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(_matches(value, current.get(key)) for key, value in desired.items())
+    return desired == current
+
+
+def _differing_fields(desired: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [key for key, value in desired.items() if not _matches(value, current.get(key))]
+
+
+def _policy_document(document: str | dict) -> dict:
+    """IAM answers policy documents URL-encoded; boto3 usually decodes them already."""
+    return document if isinstance(document, dict) else json.loads(urllib.parse.unquote(document))
+
+
+def ensure_role(iam, role: RoleSpec, dry_run: bool) -> Change:
+    """Create the role, or bring its trust policy and inline policy up to date."""
+    current = _get_or_none(lambda: iam.get_role(RoleName=role.name)["Role"])
+    if current is None:
+        if not dry_run:
+            iam.create_role(RoleName=role.name, AssumeRolePolicyDocument=json.dumps(role.trust),
+                            Description=role.description)  # fmt: skip
+            iam.put_role_policy(RoleName=role.name, PolicyName=role.policy_name, PolicyDocument=json.dumps(role.policy))
+        return Change("iam role", role.name, "create", dry_run=dry_run)
+    policy = _get_or_none(lambda: iam.get_role_policy(RoleName=role.name, PolicyName=role.policy_name))
+    differing = []
+    if _policy_document(current["AssumeRolePolicyDocument"]) != role.trust:
+        differing.append("trust policy")
+    if policy is None or _policy_document(policy["PolicyDocument"]) != role.policy:
+        differing.append(f"policy {role.policy_name}")
+    if not differing:
+        return Change("iam role", role.name, "unchanged", dry_run=dry_run)
+    if not dry_run and "trust policy" in differing:
+        iam.update_assume_role_policy(RoleName=role.name, PolicyDocument=json.dumps(role.trust))
+    if not dry_run and f"policy {role.policy_name}" in differing:
+        iam.put_role_policy(RoleName=role.name, PolicyName=role.policy_name, PolicyDocument=json.dumps(role.policy))
+    return Change("iam role", role.name, "update", ", ".join(differing), dry_run)
+
+
+def ensure_function(lambda_client, name: str, configuration: dict[str, Any], package: bytes, dry_run: bool) -> Change:
+    """Create the function, or update its code and/or configuration where they differ."""
+    current = _get_or_none(lambda: lambda_client.get_function_configuration(FunctionName=name))
+    if current is None:
+        if not dry_run:
+            _retry_while_role_propagates(lambda: lambda_client.create_function(
+                FunctionName=name, Code={"ZipFile": package}, **configuration))  # fmt: skip
+            lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
+        return Change("lambda function", name, "create", dry_run=dry_run)
+    code_differs = current.get("CodeSha256") != code_sha256(package)
+    differing = _differing_fields(configuration, current)
+    if not (code_differs or differing):
+        return Change("lambda function", name, "unchanged", dry_run=dry_run)
+    if not dry_run and code_differs:
+        lambda_client.update_function_code(FunctionName=name, ZipFile=package)
+        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+    if not dry_run and differing:
+        _retry_while_role_propagates(lambda: lambda_client.update_function_configuration(
+            FunctionName=name, **configuration))  # fmt: skip
+        lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
+    detail = ", ".join((["code"] if code_differs else []) + differing)
+    return Change("lambda function", name, "update", detail, dry_run)
+
+
+def _get_schedule(scheduler, name: str) -> dict | None:
+    return _get_or_none(lambda: scheduler.get_schedule(Name=name, GroupName=SCHEDULE_GROUP))
+
+
+def ensure_schedule(scheduler, name: str, definition: dict[str, Any], dry_run: bool) -> Change:
+    """Create the schedule, or replace it when any of its fields differs."""
+    current = _get_schedule(scheduler, name)
+    if current is None:
+        if not dry_run:
+            _retry_while_role_propagates(lambda: scheduler.create_schedule(
+                Name=name, GroupName=SCHEDULE_GROUP, **definition))  # fmt: skip
+        return Change("schedule", name, "create", dry_run=dry_run)
+    differing = _differing_fields(definition, current)
+    if not differing:
+        return Change("schedule", name, "unchanged", dry_run=dry_run)
+    if not dry_run:
+        _retry_while_role_propagates(lambda: scheduler.update_schedule(
+            Name=name, GroupName=SCHEDULE_GROUP, **definition))  # fmt: skip
+    return Change("schedule", name, "update", ", ".join(differing), dry_run)
+
+
+def _delete(kind: str, name: str, exists: bool, delete: Callable[[], Any], dry_run: bool) -> Change:
+    if not exists:
+        return Change(kind, name, "absent", dry_run=dry_run)
+    if not dry_run:
+        delete()
+    return Change(kind, name, "delete", dry_run=dry_run)
+
+
+def delete_schedule(scheduler, name: str, dry_run: bool) -> Change:
+    exists = _get_schedule(scheduler, name) is not None
+    return _delete("schedule", name, exists, lambda: scheduler.delete_schedule(Name=name, GroupName=SCHEDULE_GROUP),
+                   dry_run)  # fmt: skip
+
+
+def delete_function(lambda_client, name: str, dry_run: bool) -> Change:
+    exists = _get_or_none(lambda: lambda_client.get_function_configuration(FunctionName=name)) is not None
+    return _delete("lambda function", name, exists, lambda: lambda_client.delete_function(FunctionName=name), dry_run)
+
+
+def delete_role(iam, name: str, dry_run: bool) -> Change:
+    """Delete the role with its inline and attached policies (IAM refuses to delete a role that has any)."""
+
+    def delete() -> None:
+        for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        for attached in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+        iam.delete_role(RoleName=name)
+
+    exists = _get_or_none(lambda: iam.get_role(RoleName=name)) is not None
+    return _delete("iam role", name, exists, delete, dry_run)
+
+
+def delete_log_group(logs, name: str, dry_run: bool) -> Change:
+    """Delete the log group a function wrote (Lambda creates it on first run, setup does not)."""
+    groups = logs.describe_log_groups(logGroupNamePrefix=name)["logGroups"]
+    exists = any(group["logGroupName"] == name for group in groups)
+    return _delete("log group", name, exists, lambda: logs.delete_log_group(logGroupName=name), dry_run)
+
+
+# --- the three commands ---------------------------------------------------------------------------
+
+
+@lru_cache
+def _botocore_session() -> botocore.session.Session:
+    """One botocore session per process: it reads each service's (large) model file once."""
+    return botocore.session.get_session()
+
+
+def _session(config: SchedulerConfig, session: boto3.session.Session | None) -> boto3.session.Session:
+    return session or boto3.session.Session(botocore_session=_botocore_session(), region_name=config.region)
+
+
+def setup(config: SchedulerConfig, dry_run: bool = False,
+          session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+    """Create or update the IAM roles, both Lambda functions and both schedules; what changed, per resource."""
+    if not config.instance_ids:
+        raise ValueError("no EC2 instance ids: pass --instance-ids or set EC2_INSTANCE_IDS")
+    session = _session(config, session)
+    account = Account.of(session)
+    iam, lambda_client = session.client("iam"), session.client("lambda")
+    lambda_role, scheduler_role = role_specs(config, account)
+    package = lambda_package(LAMBDA_DIR)
+    changes = [ensure_role(iam, lambda_role, dry_run)]
+    for action in ACTIONS:
+        configuration = function_configuration(config, account, action)
+        changes.append(ensure_function(lambda_client, config.function_name(action), configuration, package, dry_run))
+    changes.append(ensure_role(iam, scheduler_role, dry_run))
+    return changes + _ensure_schedules(session.client("scheduler"), config, account, dry_run)
+
+
+def _ensure_schedules(scheduler, config: SchedulerConfig, account: Account, dry_run: bool) -> list[Change]:
+    return [ensure_schedule(scheduler, config.schedule_name(action), schedule_definition(config, account, action),
+                            dry_run) for action in ACTIONS]  # fmt: skip
+
+
+def update_schedule(config: SchedulerConfig, dry_run: bool = False,
+                    session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+    """Set both schedules to the configured times and time zone; LookupError when setup has not run."""
+    session = _session(config, session)
+    scheduler = session.client("scheduler")
+    names = [config.schedule_name(action) for action in ACTIONS]
+    missing = [name for name in names if _get_schedule(scheduler, name) is None]
+    if missing:
+        raise LookupError(f"schedule(s) {', '.join(missing)} do not exist in {config.region}: run setup first")
+    return _ensure_schedules(scheduler, config, Account.of(session), dry_run)
+
+
+def teardown(config: SchedulerConfig, dry_run: bool = False,
+             session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+    """Delete the schedules, the functions (and their log groups) and both roles; absent ones are reported."""
+    session = _session(config, session)
+    scheduler, lambda_client = session.client("scheduler"), session.client("lambda")
+    logs, iam = session.client("logs"), session.client("iam")
+    changes = [delete_schedule(scheduler, config.schedule_name(action), dry_run) for action in ACTIONS]
+    for action in ACTIONS:
+        changes.append(delete_function(lambda_client, config.function_name(action), dry_run))
+        changes.append(delete_log_group(logs, f"/aws/lambda/{config.function_name(action)}", dry_run))
+    return changes + [delete_role(iam, name, dry_run) for name in (config.scheduler_role_name, config.lambda_role_name)]
+
+
+# --- for the DAG -------------------------------------------------------------------------------------
+
+
+def ec2_instance_state(instance_id: str, region: str) -> str:
+    """The instance's state (`running`, `stopped`, `pending`, ...); LookupError when AWS does not know it."""
+    ec2 = boto3.client("ec2", region_name=region)
+    try:
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    except ClientError as exc:
+        if _error_code(exc) in UNKNOWN_INSTANCE_ERRORS:
+            raise LookupError(f"EC2 instance {instance_id!r} not found in {region}") from exc
+        raise
+    states = [instance["State"]["Name"] for reservation in reservations for instance in reservation["Instances"]]
+    if not states:
+        raise LookupError(f"EC2 instance {instance_id!r} not found in {region}")
+    return states[0]
+
+
+# --- command line (aws/scripts/*.py) ----------------------------------------------------------------------
+
+
+def argument_parser(description: str, settings: Settings, *, instances: bool, times: bool) -> argparse.ArgumentParser:
+    """The scripts' arguments; each defaults to its setting."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--region", help=f"AWS region (AWS_REGION: {settings.aws_region})")
+    parser.add_argument("--name-prefix", help="prefix of the functions' and schedules' names "
+                                              f"(LAMBDA_NAME_PREFIX: {settings.lambda_name_prefix})")  # fmt: skip
+    parser.add_argument("--lambda-role-name", help=f"LAMBDA_ROLE_NAME: {settings.lambda_role_name}")
+    parser.add_argument("--scheduler-role-name", help=f"SCHEDULER_ROLE_NAME: {settings.scheduler_role_name}")
+    if instances:
+        current_ids = settings.ec2_instance_ids or "unset"
+        parser.add_argument("--instance-ids", type=parse_instance_ids,
+                            help=f"comma-separated EC2 instance ids (EC2_INSTANCE_IDS: {current_ids})")  # fmt: skip
+    if times:
+        parser.add_argument("--timezone", help=f"IANA time zone (SCHEDULE_TIMEZONE: {settings.schedule_timezone})")
+        parser.add_argument("--start-time", help=f"HH:MM (START_TIME: {settings.start_time})")
+        parser.add_argument("--stop-time", help=f"HH:MM (STOP_TIME: {settings.stop_time})")
+    parser.add_argument("--dry-run", action="store_true", help="print what would change and change nothing")
+    return parser
+
+
+def run_command(command: Callable[..., list[Change]], parser: argparse.ArgumentParser,
+                argv: list[str] | None = None, settings: Settings | None = None) -> int:  # fmt: skip
+    """Parse `argv`, run `command` (setup, update_schedule or teardown), print the changes; the exit code."""
+    args = vars(parser.parse_args(argv))
+    dry_run = args.pop("dry_run")
+    try:
+        config = SchedulerConfig.from_settings(settings or get_settings(), **args)
+        changes = command(config, dry_run=dry_run)
+    except (ValueError, LookupError) as exc:
+        parser.error(str(exc))
+    except (ClientError, BotoCoreError) as exc:
+        print(f"AWS error: {exc}", file=sys.stderr)
+        return 1
+    print(format_changes(changes))
+    return 0
+
