@@ -104,6 +104,7 @@ def test_python_dash_m_readmission_lists_the_subcommands():
     assert all(name in completed.stdout for name in ("data-api", "ingest", "batches"))
 
 
+@pytest.mark.servers
 def test_the_data_api_subcommand_serves_the_data_set(synthetic_csv, tmp_path):
     port = free_port()
     server = ServerProcess(

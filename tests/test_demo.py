@@ -13,7 +13,7 @@ from readmission.demo import BatchOutcome, table
 from readmission.pipeline import LocalRun
 from tests.servers import VENV_BIN, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 
 def local_run(**results) -> LocalRun:

@@ -102,6 +102,7 @@ def production(tmp_path_factory):
     return settings, environment
 
 
+@pytest.mark.servers
 def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synthetic_csv, tmp_path):
     settings, environment = production
     port = free_port()

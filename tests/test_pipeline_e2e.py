@@ -21,7 +21,7 @@ from tests.servers import S3_TEST_CREDENTIALS, free_port, start_data_api, wait_u
 from tests.snapshots import assert_same
 from tests.snapshots import snapshot as stores_snapshot
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 RETRY_DELAY_SECONDS = 2
 BUCKET = "pipeline-e2e-batches"
