@@ -52,8 +52,8 @@ tools: $(TOOLS)/bin/checkov ## Install checkov into .venv-tools (the deploy test
 test: system-deps install tools stand-in-images images lint ## Install what the tests need, check the code and run the whole suite
 	$(BIN)/python -m pytest
 
-test-fast: install ## The tests that start no server, browser or container (pure functions, in-process apps)
-	$(BIN)/python -m pytest -m "not servers"
+test-fast: install ## The tests that start no server, browser or container, nor read the real data set
+	$(BIN)/python -m pytest -m "not servers and not acceptance"
 
 lint: install ## Formatting, lint rules and types (ruff format --check, ruff check, mypy)
 	$(BIN)/ruff format --check .

@@ -1,7 +1,7 @@
 """Test tiers, and no silent skips under CI.
 
 `servers` marks a test that starts a server, a browser or a container; `make test-fast` runs the others
-(pure functions and in-process apps). A test is marked when it uses a fixture that starts one
+(pure functions and in-process apps) except the `acceptance` tests on the real data set. A test is marked when it uses a fixture that starts one
 (`SERVER_FIXTURES`), takes a MariaDB flavour of `storage_urls`, or its module sets
 `pytestmark = pytest.mark.servers`. In the fast tier the starters themselves refuse to run, so a test that
 starts a server without the mark fails there instead of slowing the tier down unnoticed.
@@ -19,7 +19,7 @@ import pytest
 SERVER_FIXTURES = frozenset(
     {"mariadb", "mariadb_urls", "s3_server", "mlflow_server", "synthetic_data_api", "served_model", "browser"}
 )
-FAST_TIER = "not servers"
+FAST_TIER = "not servers and not acceptance"
 
 
 def pytest_configure(config: pytest.Config) -> None:
