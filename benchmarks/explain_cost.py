@@ -27,13 +27,14 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from readmission import registry, schema  # noqa: E402 - needs the repository root on sys.path
+from readmission import schema  # noqa: E402 - needs the repository root on sys.path
 from readmission.config import Settings  # noqa: E402
 from readmission.dataset import load_dataset  # noqa: E402
 from readmission.explain import Explainer  # noqa: E402
 from readmission.loadtest import request_body  # noqa: E402
+from readmission.model import registry  # noqa: E402
 from readmission.split import assign_split  # noqa: E402
-from readmission.train import train  # noqa: E402
+from readmission.train import train_model  # noqa: E402
 from tests.servers import start_inference_api  # noqa: E402
 
 TARGET_MS = 5.0
@@ -59,9 +60,9 @@ def main() -> int:
     frame["split"] = assign_split(frame["patient_nbr"])
     with tempfile.TemporaryDirectory(prefix="explain-cost-") as folder:
         settings = Settings(_env_file=None, data_dir=Path(folder) / "registry")
-        result = train(frame, settings, figures=False)
+        result = train_model(frame, settings, figures=False)
         version = str(registry.log_training(result, settings).version)
-        registry.promote(settings, version)
+        registry.set_production(settings, version)
         print(f"model: {result.candidate}, test ROC-AUC {result.evaluation.metrics['test_roc_auc']:.4f}, "
               f"test ECE {result.evaluation.metrics['test_ece']:.4f}")  # fmt: skip
         test = frame[frame["split"] == "test"]

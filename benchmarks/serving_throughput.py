@@ -70,14 +70,14 @@ def register_reference_model(settings: Settings) -> str:
     """The reference GradientBoosting pipeline, trained on synthetic encounters, promoted to @production."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from readmission import registry
-    from readmission.train import REFERENCE_PARAMS, Candidate, train
+    from readmission.model import registry
+    from readmission.train import REFERENCE_PARAMS, Candidate, train_model
 
     classifier = GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=0)
-    result = train(labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)],
+    result = train_model(labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)],
                    figures=False)  # fmt: skip
     version = str(registry.log_training(result, settings).version)
-    registry.promote(settings, version)
+    registry.set_production(settings, version)
     return version
 
 

@@ -101,7 +101,7 @@ def _loadtest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from readmission.registry import train_and_register
+    from readmission.model.gate import train_and_register
 
     print(train_and_register(settings))
     return 0
@@ -115,10 +115,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace, settings: Settings) -> int:
-    from readmission import registry
+    from readmission.model import registry
 
-    actions = {"list": registry.versions_table, "rollback": registry.rollback,
-               "promote": lambda settings: registry.promote(settings, args.version)}  # fmt: skip
+    actions = {
+        "list": registry.versions_table,
+        "rollback": registry.rollback,
+        "promote": lambda settings: registry.set_production(settings, args.version),
+    }
     print(actions[args.action](settings))
     return 0
 

@@ -198,6 +198,17 @@ class Settings(BaseSettings):
         return self.data_dir.resolve() / "mlartifacts"
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as the environment variables `Settings()` reads back: what a child process is started
+    with (`subprocess` `env=`) so that it runs on these settings. The parent's own environment is not touched."""
+    environment = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        value = value.get_secret_value() if isinstance(value, SecretStr) else value
+        environment[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return environment
+
+
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

@@ -190,14 +190,15 @@ def batch_psi(profile: dict[str, Any], rows: pd.DataFrame | np.ndarray) -> dict[
 # --- where profiles live: the model's MLmodel metadata --------------------------------------------------
 
 
-def model_metadata(profile: dict[str, Any]) -> dict[str, Any]:
+def profile_metadata(profile: dict[str, Any]) -> dict[str, Any]:
     """What to pass as `metadata=` to `mlflow.<flavor>.log_model` so the profile travels with the model."""
     return {PROFILE_KEY: checked(profile)}
 
 
 def profile_of_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """The reference profile logged with the model at `model_uri`, or None: a local folder, or a
-    models:/ or runs:/ URI of `tracking_uri` (only its MLmodel file is downloaded)."""
+    """The reference profile logged with the model at `model_uri`, or None: a local folder, or the artifact
+    location of a model of `tracking_uri` (`readmission.model.production.model_files`; only its MLmodel
+    file is downloaded)."""
     import mlflow
     from mlflow.models import Model
 
@@ -206,7 +207,7 @@ def profile_of_model(model_uri: str, tracking_uri: str | None = None) -> dict[st
     else:
         with tempfile.TemporaryDirectory(prefix="mlmodel-") as folder:
             path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/MLmodel", dst_path=folder,
-                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)  # fmt: skip
+                                                       tracking_uri=tracking_uri)  # fmt: skip
             metadata = Model.load(path).metadata
     profile = (metadata or {}).get(PROFILE_KEY)
     return checked(profile) if profile is not None else None

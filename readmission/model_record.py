@@ -64,16 +64,22 @@ def batch_record(settings: Settings) -> pd.DataFrame:
 def promotions(settings: Settings) -> pd.DataFrame:
     """Every move of `@production` the registry recorded: version, when, how (gate or manual), the version it
     replaced and the gate's reason, oldest first."""
-    from mlflow import MlflowClient  # the UI has mlflow-skinny: the registry's client, not readmission.registry
+    from readmission.model import tags  # the UI has mlflow-skinny: the registry's client, not model.registry
+    from readmission.model.production import registry_client
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     rows = []
-    for version in client.search_model_versions(f"name = '{settings.model_name}'"):
-        tags = version.tags or {}
-        if "promoted_at" in tags:
-            rows.append({"version": str(version.version), "promoted_at": pd.Timestamp(tags["promoted_at"]),
-                         "promoted_by": tags.get("promoted_by", ""), "replaced": tags.get("previous_champion", ""),
-                         "reason": tags.get("gate.reason", "")})  # fmt: skip
+    for version in registry_client(settings).search_model_versions(f"name = '{settings.model_name}'"):
+        held = version.tags or {}
+        if tags.PROMOTED_AT in held:
+            rows.append(
+                {
+                    "version": str(version.version),
+                    "promoted_at": pd.Timestamp(held[tags.PROMOTED_AT]),
+                    "promoted_by": held.get(tags.PROMOTED_BY, ""),
+                    "replaced": held.get(tags.PREVIOUS_CHAMPION, ""),
+                    "reason": held.get(tags.GATE_REASON, ""),
+                }
+            )
     frame = pd.DataFrame(rows, columns=["version", "promoted_at", "promoted_by", "replaced", "reason"])
     return frame.sort_values("promoted_at", ignore_index=True)
 
@@ -81,7 +87,10 @@ def promotions(settings: Settings) -> pd.DataFrame:
 def _profile(settings: Settings, version: str) -> dict | None:
     """The training profile logged with `version`, or None (none logged, or MLflow unreachable: no drift shown)."""
     try:
-        return drift.profile_of_model(f"models:/{settings.model_name}/{version}", settings.mlflow_tracking_uri)
+        from readmission.model.production import model_files
+
+        files = model_files(f"models:/{settings.model_name}/{version}", settings)
+        return drift.profile_of_model(files, settings.mlflow_tracking_uri)
     except Exception as exc:  # noqa: BLE001 - the rest of the record is still worth showing
         log.warning("the training profile of version %s could not be read: %s: %s", version, type(exc).__name__, exc)
         return None

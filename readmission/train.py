@@ -44,6 +44,7 @@ from readmission import drift, schema
 from readmission.config import Settings
 from readmission.evaluate import Evaluation, evaluate, positive_probability
 from readmission.features import EncounterFeatures, target
+from readmission.model import tags
 from readmission.split import SPLITS
 
 PACKAGE = "readmission"
@@ -114,11 +115,11 @@ class Lineage:
     def tags(self) -> dict[str, str]:
         """The lineage as MLflow tags (strings)."""
         return {
-            "lineage.batches": ",".join(map(str, self.batches)),
-            **{f"lineage.{split}_rows": str(count) for split, count in self.rows.items()},
-            "lineage.training_data_sha256": self.fingerprint,
-            "lineage.package_version": self.package_version,
-            "lineage.git_commit": self.git_commit,
+            tags.LINEAGE_BATCHES: ",".join(map(str, self.batches)),
+            **{tags.lineage_rows(split): str(count) for split, count in self.rows.items()},
+            tags.LINEAGE_TRAINING_DATA_SHA256: self.fingerprint,
+            tags.LINEAGE_PACKAGE_VERSION: self.package_version,
+            tags.LINEAGE_GIT_COMMIT: self.git_commit,
         }
 
 
@@ -226,7 +227,7 @@ def lineage(frame: pd.DataFrame, splits: dict[str, tuple[pd.DataFrame, np.ndarra
                    git_commit=git_commit())  # fmt: skip
 
 
-def train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None,
+def train_model(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None,
           figures: bool = True) -> TrainingResult:  # fmt: skip
     """Fit every candidate on the train split, keep the best on validation, evaluate it on validation and test.
 

@@ -15,7 +15,7 @@ from readmission import schema
 from readmission.config import Settings
 from readmission.explain import Explainer
 from readmission.features import EncounterFeatures, feature_sources, target
-from readmission.train import HIST_MONOTONIC, Candidate, build_pipeline, train
+from readmission.train import HIST_MONOTONIC, Candidate, build_pipeline, train_model
 from tests.factories import labelled_encounters
 
 CLASSIFIERS = {
@@ -41,7 +41,7 @@ def fitted(kind: str):
     name, calibrated = kind.removesuffix("+sigmoid"), kind.endswith("+sigmoid")
     if not calibrated:
         return build_pipeline(CLASSIFIERS[name]()).fit(frame, target(frame["readmitted"]).to_numpy())
-    pipeline = train(frame, Settings(_env_file=None), [Candidate(name, CLASSIFIERS[name]())], figures=False).model
+    pipeline = train_model(frame, Settings(_env_file=None), [Candidate(name, CLASSIFIERS[name]())], figures=False).model
     assert isinstance(pipeline[-1], CalibratedClassifierCV)
     return pipeline
 

@@ -11,7 +11,7 @@ import requests
 import sqlalchemy as sa
 
 from readmission import pipeline
-from readmission.config import Settings
+from readmission.config import Settings, settings_environment
 from readmission.storage import Storage
 from tests.servers import S3_TEST_CREDENTIALS, free_port
 
@@ -84,7 +84,7 @@ def test_mysql_connection_uris_are_used_with_mysqlclient(make_settings):
 
 def test_settings_survive_the_round_trip_through_the_environment(make_settings, monkeypatch):
     settings = make_settings(reload_token="s3cret", force_retrain=True, batch_size=123)
-    for name, value in pipeline.settings_environment(settings).items():
+    for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None) == settings
 

@@ -37,7 +37,7 @@ def result(frame) -> train.TrainingResult:
     from readmission.config import Settings
 
     chance = train.Candidate("chance", DummyClassifier(strategy="prior"))
-    return train.train(frame, Settings(_env_file=None), [chance, small_boosting()], figures=False)
+    return train.train_model(frame, Settings(_env_file=None), [chance, small_boosting()], figures=False)
 
 
 def test_the_model_takes_raw_encounter_columns_and_beats_chance_clearly(frame, result):
@@ -88,7 +88,7 @@ def test_a_candidate_fitted_on_sparse_features_makes_the_same_model(frame):
 
 
 def test_the_30_day_target_is_a_setting(frame, make_settings):
-    result = train.train(frame, make_settings(target="30day"), [small_boosting(10)], figures=False)
+    result = train.train_model(frame, make_settings(target="30day"), [small_boosting(10)], figures=False)
     test = frame[frame["split"] == "test"]
     assert result.target == "30day"
     assert result.evaluation.metrics["test_positive_rate"] == pytest.approx((test["readmitted"] == "<30").mean())
@@ -122,19 +122,19 @@ def test_an_input_example_holds_raw_columns_only(result):
 
 def test_a_frame_without_its_split_is_refused_naming_the_column(frame, make_settings):
     with pytest.raises(ValueError, match=r"lacks columns \['split'\]"):
-        train.train(frame.drop(columns="split"), make_settings(), [small_boosting(5)])
+        train.train_model(frame.drop(columns="split"), make_settings(), [small_boosting(5)])
 
 
 def test_a_split_with_a_single_class_is_refused_naming_the_split(frame, make_settings):
     one_class = frame.copy()
     one_class.loc[one_class["split"] == "validation", "readmitted"] = "NO"
     with pytest.raises(ValueError, match="the validation split needs both classes"):
-        train.train(one_class, make_settings(), [small_boosting(5)])
+        train.train_model(one_class, make_settings(), [small_boosting(5)])
 
 
 def test_candidate_names_must_be_unique(frame, make_settings):
     with pytest.raises(ValueError, match="candidate names must be unique"):
-        train.train(frame, make_settings(), [small_boosting(5), small_boosting(6)])
+        train.train_model(frame, make_settings(), [small_boosting(5), small_boosting(6)])
 
 
 # --- the real data set ------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_quality_on_the_real_data_set_holds(real_dataset_path, make_settings, ki
     frame["split"] = assign_split(frame["patient_nbr"])
     settings = make_settings(target=kind)
     candidate = train.default_candidates(settings.random_seed)[-1]  # HIST_SEARCH[-1], the quickest setting
-    result = train.train(frame, settings, [candidate], figures=False)
+    result = train.train_model(frame, settings, [candidate], figures=False)
     metrics = result.evaluation.metrics
     assert metrics["test_roc_auc"] >= floor - MARGIN, metrics
     assert metrics["test_roc_auc"] < 0.72 + MARGIN, "this good calls for a leakage audit before it is believed"
@@ -176,7 +176,7 @@ def test_the_calibrated_candidate_is_fitted_on_the_validation_split_and_never_se
     for column in ("readmitted", "number_inpatient", "age", "diag_1"):
         scrambled.loc[test, column] = rng.permutation(scrambled.loc[test, column].to_numpy())
     scrambled.loc[test, "readmitted"] = np.where(scrambled.loc[test, "readmitted"] == "NO", "<30", "NO")
-    again = train.train(scrambled, Settings(_env_file=None), [small_boosting()], figures=False)
+    again = train.train_model(scrambled, Settings(_env_file=None), [small_boosting()], figures=False)
     other = again.model.named_steps["classifier"].calibrated_classifiers_[0].calibrators[0]
     assert (other.a_, other.b_) == (sigmoid.a_, sigmoid.b_)
     assert again.evaluation.metrics["test_roc_auc"] != result.evaluation.metrics["test_roc_auc"]  # test rows did change

@@ -393,7 +393,7 @@ def test_with_the_api_down_every_page_says_so_and_offers_a_retry(api_down_settin
 
 def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loaded(served_model, make_settings,
                                                                                      tmp_path):  # fmt: skip
-    from readmission import registry
+    from readmission.model.production import registry_client
 
     alias = "ui-not-yet"  # no version has it yet: the API starts without a model and keeps trying
     server, url = start_inference_api({"MLFLOW_TRACKING_URI": served_model.registry.mlflow_tracking_uri,
@@ -405,7 +405,7 @@ def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loa
         assert f"The prediction service at {url} is not ready" in shown_text(app)
         assert app.button(key="predict").disabled and app.button(key="retry_api").label == "Retry"
 
-        registry.client(served_model.registry).set_registered_model_alias("diabetes-readmission", alias,
+        registry_client(served_model.registry).set_registered_model_alias("diabetes-readmission", alias,
                                                                           served_model.version)  # fmt: skip
         wait_until(lambda: http_ok(f"{url}/ready"), timeout=90, what="the API to load the model")
         app.button(key="retry_api").click().run()

@@ -15,6 +15,7 @@ import streamlit as st
 
 from readmission.config import Settings
 from readmission.drift import SIGNIFICANT_PSI
+from readmission.model import tags as model_tags
 from readmission.serving.schemas import RISK_BANDS, BatchPrediction, ModelCard, Prediction
 from readmission.ui import batch, forms, model_card
 from readmission.ui.client import ApiError, ApiNotReady, ApiRejected, InferenceClient
@@ -22,7 +23,6 @@ from readmission.ui.client import ApiError, ApiNotReady, ApiRejected, InferenceC
 BAND_COLOURS = {"low": "#2e7d32", "medium": "#ef6c00", "high": "#c62828"}
 BAND_MARKDOWN_COLOURS = {"low": "green", "medium": "orange", "high": "red"}
 MODEL_CARD_CACHE_SECONDS = 300
-LINEAGE_PREFIX = "lineage."
 
 
 def api_client(settings: Settings) -> InferenceClient:
@@ -323,7 +323,11 @@ def model_page(settings: Settings) -> None:
 
     st.subheader("Lineage")
     st.markdown(f"**Batches trained on:** {model_card.trained_batches(card.tags) or 'not recorded'}")
-    lineage = {k.removeprefix(LINEAGE_PREFIX): v for k, v in card.tags.items() if k.startswith(LINEAGE_PREFIX)}
+    lineage = {
+        k.removeprefix(model_tags.LINEAGE_PREFIX): v
+        for k, v in card.tags.items()
+        if k.startswith(model_tags.LINEAGE_PREFIX)
+    }
     if lineage:
         st.dataframe(pd.DataFrame(sorted(lineage.items()), columns=["Lineage", "Value"]), hide_index=True)
     if card.tags:
