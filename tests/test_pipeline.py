@@ -11,7 +11,7 @@ import requests
 import sqlalchemy as sa
 
 from readmission import pipeline
-from readmission.config import Settings, settings_environment
+from readmission.config import Settings
 from readmission.storage import Storage
 from tests.servers import S3_TEST_CREDENTIALS, free_port
 
@@ -68,7 +68,9 @@ def test_the_batch_store_round_trips_text_and_missing_values_on_s3(make_settings
         monkeypatch.setenv(name, value)
     settings = make_settings(batch_store="s3", s3_bucket="batches-test", s3_endpoint_url=s3_server.url)
     frame = pd.DataFrame({"max_glu_serum": ["None", "?", None], "encounter_id": ["1", "2", "3"]}, dtype=object)
-    assert pipeline.write_batch_file(settings, "batches/1/raw.parquet", frame) == "s3://batches-test/batches/1/raw.parquet"
+    assert (
+        pipeline.write_batch_file(settings, "batches/1/raw.parquet", frame) == "s3://batches-test/batches/1/raw.parquet"
+    )
     back = pipeline.read_batch_file(settings, "batches/1/raw.parquet")
     assert back["max_glu_serum"].tolist() == ["None", "?", None]
 
@@ -80,13 +82,6 @@ def test_mysql_connection_uris_are_used_with_mysqlclient(make_settings):
     assert settings.raw_db_url == "mysql+mysqldb://u:p%40ss@db:3306/raw_data_db"
     assert settings.clean_db_url == make_settings().clean_db_url
     assert settings.force_retrain is True
-
-
-def test_settings_survive_the_round_trip_through_the_environment(make_settings, monkeypatch):
-    settings = make_settings(reload_token="s3cret", force_retrain=True, batch_size=123)
-    for name, value in settings_environment(settings).items():
-        monkeypatch.setenv(name, value)
-    assert Settings(_env_file=None) == settings
 
 
 def test_an_unreachable_inference_service_is_a_warning_not_a_failure(make_settings, caplog):
@@ -125,7 +120,12 @@ def test_a_landed_batch_is_stored_raw_and_clean_and_exported(make_settings, synt
     land(settings, 1, rows)
     results = ingest_landed(settings, 1)
     assert results["store_raw"]["rows_stored_raw"] == 500
-    assert results["validate_and_clean"] | {"seconds": 0} == {"batch": 1, "rows_valid": 495, "rows_rejected": 5, "seconds": 0}
+    assert results["validate_and_clean"] | {"seconds": 0} == {
+        "batch": 1,
+        "rows_valid": 495,
+        "rows_rejected": 5,
+        "seconds": 0,
+    }
     assert results["store_clean"]["rows_stored"] == 495
     assert table_counts(settings) == {"diabetes_raw": 500, "quarantine": 5, "diabetes_clean": 495}
     exported = pd.read_parquet(results["export_batch"]["clean"])

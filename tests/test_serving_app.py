@@ -20,7 +20,7 @@ from readmission import schema
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
 from readmission.loadtest import request_body
-from readmission.serving.model_store import load_model, resolve_target
+from readmission.serving.model_store import load_served_model, resolve_target
 from readmission.serving.schemas import EXAMPLE_ENCOUNTER, FIELDS, RISK_LABELS
 from tests.factories import metric, register_model
 from tests.servers import start_inference_api, wait_until
@@ -75,7 +75,7 @@ def same_factors(some: list[dict], others: list[dict]) -> bool:
 def served_pipeline(settings: Settings, version: str):
     """The registered pipeline of `version`, loaded in this process the way the service loads it."""
     pinned = settings.model_copy(update={"model_uri": f"models:/{settings.model_name}/{version}"})
-    return load_model(pinned, resolve_target(pinned)).pipeline
+    return load_served_model(pinned, resolve_target(pinned)).pipeline
 
 
 # --- liveness, readiness, model card -----------------------------------------------------------------
