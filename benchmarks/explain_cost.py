@@ -27,7 +27,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from readmission import schema  # noqa: E402 - needs the repository root on sys.path
+from readmission import encounter_columns  # noqa: E402 - needs the repository root on sys.path
 from readmission.config import Settings  # noqa: E402
 from readmission.dataset import load_dataset  # noqa: E402
 from readmission.explain import Explainer  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> int:
         print(f"model: {result.candidate}, test ROC-AUC {result.evaluation.metrics['test_roc_auc']:.4f}, "
               f"test ECE {result.evaluation.metrics['test_ece']:.4f}")  # fmt: skip
         test = frame[frame["split"] == "test"]
-        rows = test[list(schema.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
+        rows = test[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
         explainer = Explainer(result.model)
         explainer.explain(rows.head(1))
         one = min(_timed(lambda i=i: explainer.explain(rows.iloc[[i]])) for i in range(200))

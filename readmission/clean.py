@@ -10,7 +10,7 @@ from functools import cache
 
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.features import EncounterFeatures, target
 from readmission.split import assign_split
 from readmission.validation import whole_numbers
@@ -27,14 +27,14 @@ def feature_columns() -> tuple[str, ...]:
 
 def clean_columns() -> list[str]:
     """Every column of a clean batch, in order: features, target text, target flags, ids, split."""
-    return [*feature_columns(), schema.TARGET_COLUMN, *TARGET_COLUMNS, *KEY_COLUMNS]
+    return [*feature_columns(), encounter_columns.TARGET_COLUMN, *TARGET_COLUMNS, *KEY_COLUMNS]
 
 
 def clean_batch(valid_raw: pd.DataFrame) -> pd.DataFrame:
     """Features, targets, ids and split of validated raw rows (see `validation.split_valid_rows`)."""
     features = EncounterFeatures().fit(valid_raw).transform(valid_raw).reset_index(drop=True)
-    readmitted = valid_raw[schema.TARGET_COLUMN].astype(object).reset_index(drop=True)
-    ids = {column: whole_numbers(valid_raw[column]).to_numpy(dtype="int64") for column in schema.ID_COLUMNS}
+    readmitted = valid_raw[encounter_columns.TARGET_COLUMN].astype(object).reset_index(drop=True)
+    ids = {column: whole_numbers(valid_raw[column]).to_numpy(dtype="int64") for column in encounter_columns.ID_COLUMNS}
     return features.assign(
         readmitted=readmitted,
         readmitted_any=target(readmitted, "any").to_numpy(),

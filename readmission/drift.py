@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.features import DISCHARGE_LEVELS, INPUT_COLUMNS, CodedEncounters, diagnosis_groups, input_matrix
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ProfileError(ValueError):
 def _text(values: np.ndarray) -> np.ndarray:
     """Values as text, missing ones (None, NaN) as the data set's marker `?`."""
     values = np.asarray(values, dtype=object)
-    return np.where(pd.isna(values), schema.MISSING, values).astype(str).astype(object)
+    return np.where(pd.isna(values), encounter_columns.MISSING, values).astype(str).astype(object)
 
 
 def _numbers(values: np.ndarray) -> np.ndarray:

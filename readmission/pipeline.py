@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from sqlalchemy.engine import make_url
 
-from readmission import evaluate, features, ingest, schema, sources
+from readmission import encounter_columns, evaluate, features, ingest, sources
 from readmission import train as training
 from readmission.config import Settings
 from readmission.model import gate, registry, tags
@@ -291,7 +291,7 @@ def score_batch(settings: Settings, batch: int) -> dict:
         rows = raw[raw["encounter_id"].astype("int64").isin(_clean_encounter_ids(storage, batch))].reset_index(
             drop=True
         )
-        labels = features.target(rows[schema.TARGET_COLUMN], settings.target).to_numpy()
+        labels = features.target(rows[encounter_columns.TARGET_COLUMN], settings.target).to_numpy()
         probability = evaluate.positive_probability(model, rows)
         predictions = pd.DataFrame({"encounter_id": rows["encounter_id"].astype("int64"), "probability": probability,
                                     "prediction": (probability >= threshold).astype(int), "label": labels})  # fmt: skip

@@ -56,7 +56,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import TARGET_COLUMNS, clean_columns, feature_columns
 from readmission.config import Settings
 from readmission.split import SPLITS
@@ -80,7 +80,7 @@ clean_metadata = sa.MetaData()
 diabetes_raw = sa.Table(
     "diabetes_raw", raw_metadata,
     sa.Column("encounter_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    *(sa.Column(name, _LONG_TEXT) for name in schema.COLUMNS if name != "encounter_id"),
+    *(sa.Column(name, _LONG_TEXT) for name in encounter_columns.COLUMNS if name != "encounter_id"),
     sa.Column("batch_number", sa.Integer, nullable=False, index=True),
     sa.Column("row_in_batch", sa.Integer, nullable=False),  # the row's position in the batch as received
     sa.Column("ingested_at", sa.DateTime, nullable=False),
@@ -113,7 +113,7 @@ quarantine_table = sa.Table(
 diabetes_clean = sa.Table(
     "diabetes_clean", clean_metadata,
     *(sa.Column(name, sa.Double, nullable=False) for name in feature_columns()),
-    sa.Column(schema.TARGET_COLUMN, sa.String(8), nullable=False),
+    sa.Column(encounter_columns.TARGET_COLUMN, sa.String(8), nullable=False),
     *(sa.Column(name, sa.SmallInteger, nullable=False) for name in TARGET_COLUMNS),
     sa.Column("encounter_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("patient_nbr", sa.BigInteger, nullable=False),
@@ -139,7 +139,7 @@ predictions_table = sa.Table(
     **_TABLE_OPTIONS,
 )  # fmt: skip
 
-RAW_SOURCE_COLUMNS = [diabetes_raw.c[name] for name in schema.COLUMNS]
+RAW_SOURCE_COLUMNS = [diabetes_raw.c[name] for name in encounter_columns.COLUMNS]
 
 
 class StorageError(RuntimeError):
@@ -384,7 +384,7 @@ class Storage:
         keys = _read(
             self.clean, sa.select(clean.encounter_id, clean.split, clean.batch_number).where(clean.split.in_(splits))
         )
-        columns = [*schema.COLUMNS, "split", "batch_number"]
+        columns = [*encounter_columns.COLUMNS, "split", "batch_number"]
         if keys.empty:
             return pd.DataFrame(columns=columns, dtype=object)
         query = sa.select(*RAW_SOURCE_COLUMNS, raw.batch_number, raw.row_in_batch)
@@ -411,7 +411,7 @@ class Storage:
 def _source_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The batch's 50 source columns as text, in order (SchemaError when its columns are not those)."""
     validate_columns(frame)
-    return frame[list(schema.COLUMNS)].astype("string").reset_index(drop=True)
+    return frame[list(encounter_columns.COLUMNS)].astype("string").reset_index(drop=True)
 
 
 def _check_clean(batch_number: int, clean_frame: pd.DataFrame, quarantined: pd.DataFrame, raw_rows: int) -> None:
@@ -517,22 +517,22 @@ def _add_missing_indexes(engine: Engine, metadata: sa.MetaData) -> None:
 
 def batch_checksum(rows: pd.DataFrame) -> str:
     """SHA-256 of a batch's content: the header and every row of the source columns, missing cells as \\N."""
-    cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in schema.COLUMNS]
+    cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in encounter_columns.COLUMNS]
     lines = pc.binary_join_element_wise(*cells, "\x1f").to_pylist() if len(rows) else []
-    return hashlib.sha256("\x1e".join(["\x1f".join(schema.COLUMNS), *lines]).encode()).hexdigest()
+    return hashlib.sha256("\x1e".join(["\x1f".join(encounter_columns.COLUMNS), *lines]).encode()).hexdigest()
 
 
 def _quarantine_rows(rows: pd.DataFrame, reasons: pd.Series, stage: str) -> pd.DataFrame:
     """Quarantine rows for `rows`: stage, encounter_id as it came, reason, and the source columns as JSON."""
     if rows.empty:
         return pd.DataFrame(columns=["stage", "encounter_id", "reason", "raw_row"])
-    source = rows[list(schema.COLUMNS)].astype("string").astype(object)
+    source = rows[list(encounter_columns.COLUMNS)].astype("string").astype(object)
     source = source.where(source.notna(), None)
     return pd.DataFrame({
         "stage": stage,
         "encounter_id": source["encounter_id"].to_numpy(),
         "reason": reasons.astype(object).to_numpy(),
-        "raw_row": [json.dumps(dict(zip(schema.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)],
+        "raw_row": [json.dumps(dict(zip(encounter_columns.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)],
     })  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from functools import cache
 
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.dataset import synthetic_dataset
 
 
@@ -29,7 +29,7 @@ def encounter(**overrides) -> dict[str, str]:
         "num_lab_procedures": "41", "num_procedures": "1", "num_medications": "12", "number_outpatient": "1",
         "number_emergency": "0", "number_inpatient": "2", "diag_1": "428", "diag_2": "250.01", "diag_3": "V45",
         "number_diagnoses": "9", "max_glu_serum": "None", "A1Cresult": "None",
-        **dict.fromkeys(schema.MEDICATIONS, "No"),
+        **dict.fromkeys(encounter_columns.MEDICATIONS, "No"),
         "insulin": "Up", "metformin": "Steady", "change": "Ch", "diabetesMed": "Yes", "readmitted": "NO",
     }  # fmt: skip
     unknown = set(overrides) - set(row)

@@ -13,7 +13,7 @@ import requests
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from readmission import mlflow_model, schema
+from readmission import encounter_columns, mlflow_model
 from readmission.dataset import synthetic_dataset
 from readmission.features import EncounterFeatures
 from readmission.model import registry
@@ -138,7 +138,7 @@ def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synt
         server.stop()
     assert response.status_code == 200, response.text
     answers = [row["readmission_probability"] for row in response.json()["predictions"]]
-    expected = registry.load_pipeline(settings, uri).predict_proba(rows[list(schema.FEATURE_INPUT_COLUMNS)])[:, 1]
+    expected = registry.load_pipeline(settings, uri).predict_proba(rows[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[:, 1]
     np.testing.assert_allclose(answers, expected, rtol=0, atol=1e-12)
 
 

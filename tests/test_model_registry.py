@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
-from readmission import mlflow_model, schema
+from readmission import encounter_columns, mlflow_model
 from readmission import train as training
 from readmission.cli import main
 from readmission.config import Settings, get_settings
@@ -90,7 +90,7 @@ def test_a_run_logs_params_metrics_figures_lineage_and_a_model_of_raw_columns(ma
         )
     )
     types = signature_types(model.signature)
-    assert sorted(types) == sorted(schema.FEATURE_INPUT_COLUMNS)
+    assert sorted(types) == sorted(encounter_columns.FEATURE_INPUT_COLUMNS)
     assert {name for name, kind in types.items() if kind == "long"} == set(mlflow_model.INTEGER_COLUMNS)
     assert {kind for name, kind in types.items() if name not in mlflow_model.INTEGER_COLUMNS} == {"string"}
     assert model.saved_input_example_info is not None

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import clean_batch, clean_columns
 from readmission.storage import (
     MAX_STATEMENT_CHARS,
@@ -320,9 +320,9 @@ def test_labelled_encounters_are_the_raw_columns_of_clean_encounters_with_their_
     write_raw_and_clean(storage, 1, first)
     write_raw_and_clean(storage, 2, second)
     labelled = storage.labelled_encounters()
-    assert labelled.columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    assert labelled.columns.tolist() == [*encounter_columns.COLUMNS, "split", "batch_number"]
     expected = pd.concat([first.drop(index=4), second], ignore_index=True)
-    pd.testing.assert_frame_equal(labelled[list(schema.COLUMNS)].astype(object), expected.astype(object),
+    pd.testing.assert_frame_equal(labelled[list(encounter_columns.COLUMNS)].astype(object), expected.astype(object),
                                   check_dtype=False)  # fmt: skip
     clean = pd.concat([storage.clean_batch(1), storage.clean_batch(2)]).set_index("encounter_id")["split"]
     assert labelled["split"].tolist() == clean.loc[labelled["encounter_id"].astype(int)].tolist()
@@ -349,7 +349,7 @@ def test_rewriting_a_model_versions_predictions_replaces_them_and_keeps_other_ve
 
 
 def test_nothing_stored_reads_as_empty(storage):
-    assert storage.labelled_encounters().columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    assert storage.labelled_encounters().columns.tolist() == [*encounter_columns.COLUMNS, "split", "batch_number"]
     assert storage.labelled_encounters().empty and storage.stored_batches() == []
     assert storage.clean_batch(1).empty and storage.quarantine().empty
 

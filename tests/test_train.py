@@ -13,7 +13,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from readmission import schema, train
+from readmission import encounter_columns, train
 from readmission.dataset import load_dataset
 from readmission.features import EncounterFeatures
 from readmission.split import assign_split
@@ -42,7 +42,7 @@ def result(frame) -> train.TrainingResult:
 
 def test_the_model_takes_raw_encounter_columns_and_beats_chance_clearly(frame, result):
     test = frame[frame["split"] == "test"]
-    raw = test[list(schema.FEATURE_INPUT_COLUMNS)]  # no ids, no target, no split: what a clinician sends
+    raw = test[list(encounter_columns.FEATURE_INPUT_COLUMNS)]  # no ids, no target, no split: what a clinician sends
     probability = result.model.predict_proba(raw)[:, 1]
     labels = test["readmitted"].isin(["<30", ">30"]).astype(int)
     assert roc_auc_score(labels, probability) > 0.65
@@ -116,7 +116,7 @@ def test_the_fingerprint_depends_on_the_rows_not_their_order_or_dtype(frame):
 
 
 def test_an_input_example_holds_raw_columns_only(result):
-    assert list(result.input_example.columns) == list(schema.FEATURE_INPUT_COLUMNS)
+    assert list(result.input_example.columns) == list(encounter_columns.FEATURE_INPUT_COLUMNS)
     assert 0 < len(result.input_example) <= train.INPUT_EXAMPLE_ROWS
 
 

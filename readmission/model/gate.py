@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from readmission import evaluate, schema
+from readmission import encounter_columns, evaluate
 from readmission.config import Settings
 from readmission.evaluate import positive_probability
 from readmission.features import target
@@ -88,7 +88,7 @@ def run_gate(settings: Settings, version: str, test_rows: pd.DataFrame) -> GateD
     """
     client = registry_client(settings)
     version = str(version)
-    labels = target(test_rows[schema.TARGET_COLUMN], settings.target).to_numpy()
+    labels = target(test_rows[encounter_columns.TARGET_COLUMN], settings.target).to_numpy()
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the test split ({len(test_rows)} rows) needs both classes to compare models by ROC-AUC")
     floor, tolerance = settings.promotion_min_auc, settings.promotion_tolerance

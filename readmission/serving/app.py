@@ -37,17 +37,7 @@ from readmission.config import Settings, get_settings
 from readmission.explain import SCALE, NotExplainable
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
-from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
-from readmission.serving.batch_input import (
-    BatchTooLarge,
-    InvalidBatch,
-    bounded,
-    encounters_from_csv,
-    encounters_from_json,
-)
-from readmission.serving.model_store import ModelLoadError, ModelStore, ServedModel
-from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
-from readmission.serving.schemas import (
+from readmission.serving.api_models import (
     FIELDS,
     BatchPrediction,
     Encounter,
@@ -61,6 +51,16 @@ from readmission.serving.schemas import (
     encounter_row,
     input_fields,
 )
+from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
+from readmission.serving.batch_input import (
+    BatchTooLarge,
+    InvalidBatch,
+    bounded,
+    encounters_from_csv,
+    encounters_from_json,
+)
+from readmission.serving.model_store import ModelLoadError, ModelStore, ServedModel
+from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
 
 # --- dependencies -----------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ ExplainDep = Annotated[bool, Query(description="Also list the fields that moved 
 
 
 def explained(model: ServedModel, table: np.ndarray | CodedEncounters) -> list[dict[str, Any]]:
-    """The explanation fields of each row's answer (`schemas.Explained`); 501 for a model that cannot be explained."""
+    """The explanation fields of each row's answer (`api_models.Explained`); 501 for a model that cannot be explained."""
     try:
         explanation = model.explainer.explain(table)
     except NotExplainable as exc:

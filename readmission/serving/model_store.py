@@ -27,7 +27,7 @@ import pandas as pd
 import sklearn
 from sklearn.pipeline import Pipeline
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.drift import DriftWindow, window_of_model
 from readmission.explain import Explainer
@@ -184,7 +184,7 @@ def load_served_model(settings: Settings, target: ModelTarget) -> ServedModel:
         decision_threshold=_decision_threshold(params, run_metrics), loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - started, drift=drift,
     )  # fmt: skip
-    model.probabilities(np.full((1, len(INPUT_COLUMNS)), schema.MISSING, dtype=object))  # fail here, not in a request
+    model.probabilities(np.full((1, len(INPUT_COLUMNS)), encounter_columns.MISSING, dtype=object))  # fail here, not in a request
     return model
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import requests
 
 from readmission.model import tags as model_tags
-from readmission.serving.schemas import GroupMetrics
+from readmission.serving.api_models import GroupMetrics
 
 # (label, metric key without its split prefix): what a clinician's report card shows.
 HEADLINE_METRICS = (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("Accuracy", "accuracy"), ("F1", "f1"))

@@ -8,15 +8,16 @@ a rejected file, MLflow unreachable) is shown as a plain message, never as a tra
 from __future__ import annotations
 
 import hashlib
+
 import altair as alt
 import numpy as np
 import pandas as pd
-import streamlit as st
 
+import streamlit as st
 from readmission.config import Settings
 from readmission.drift import SIGNIFICANT_PSI
 from readmission.model import tags as model_tags
-from readmission.serving.schemas import RISK_BANDS, BatchPrediction, ModelCard, Prediction
+from readmission.serving.api_models import RISK_BANDS, BatchPrediction, ModelCard, Prediction
 from readmission.ui import batch, forms, model_card
 from readmission.ui.client import ApiError, ApiNotReady, ApiRejected, InferenceClient
 
