@@ -195,8 +195,17 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from readmission.storage import StorageError
 
     # SchemaError is a ValueError; LookupError is what the data API client raises for an unknown batch.
-    return (ValueError, LookupError, OSError, DatasetError, SourceUnavailable, SourceExhausted, StorageError,
-            SQLAlchemyError, MlflowException)  # fmt: skip
+    return (
+        ValueError,
+        LookupError,
+        OSError,
+        DatasetError,
+        SourceUnavailable,
+        SourceExhausted,
+        StorageError,
+        SQLAlchemyError,
+        MlflowException,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,8 +118,14 @@ class _Window:
     @classmethod
     def open(cls, environment: Environment, users: int) -> _Window:
         total, predict = environment.stats.total, _predict_entry(environment)
-        return cls(users, time.time(), total.num_requests, total.num_failures,
-                   predict.num_requests if predict else 0, dict(predict.response_times) if predict else {})  # fmt: skip
+        return cls(
+            users,
+            time.time(),
+            total.num_requests,
+            total.num_failures,
+            predict.num_requests if predict else 0,
+            dict(predict.response_times) if predict else {},
+        )
 
     def measure(self, environment: Environment) -> loadtest.Measurement:
         total, predict = environment.stats.total, _predict_entry(environment)
@@ -127,8 +133,13 @@ class _Window:
         if predict and (count := predict.num_requests - self.predict_requests):
             times = diff_response_time_dicts(predict.response_times, self.predict_times)
             p95 = calculate_response_time_percentile(times, count, 0.95)
-        return loadtest.Measurement(self.users, time.time() - self.opened, total.num_requests - self.requests,
-                                    total.num_failures - self.failures, p95)  # fmt: skip
+        return loadtest.Measurement(
+            self.users,
+            time.time() - self.opened,
+            total.num_requests - self.requests,
+            total.num_failures - self.failures,
+            p95,
+        )
 
 
 def _predict_entry(environment: Environment) -> StatsEntry | None:
@@ -184,8 +195,12 @@ class StepLoad(LoadTestShape):
             return False
         step = loadtest.Step(measurement, loadtest.slo_breaches(measurement, self.settings))
         self.steps.append(step)
-        log.info("step of %d users: %.1f requests/s, %s", step.users, measurement.rps,
-                 "; ".join(map(str, step.breaches)) or "SLOs kept")  # fmt: skip
+        log.info(
+            "step of %d users: %.1f requests/s, %s",
+            step.users,
+            measurement.rps,
+            "; ".join(map(str, step.breaches)) or "SLOs kept",
+        )
         return bool(step.breaches)
 
 
@@ -193,8 +208,14 @@ class StepLoad(LoadTestShape):
 
 
 def _endpoint_stats(entry: StatsEntry) -> loadtest.EndpointStats:
-    return loadtest.EndpointStats(entry.method, entry.name, entry.num_requests, entry.num_failures, entry.total_rps,
-                                  *(entry.get_response_time_percentile(p) for p in (0.50, 0.95, 0.99)))  # fmt: skip
+    return loadtest.EndpointStats(
+        entry.method,
+        entry.name,
+        entry.num_requests,
+        entry.num_failures,
+        entry.total_rps,
+        *(entry.get_response_time_percentile(p) for p in (0.50, 0.95, 0.99)),
+    )
 
 
 def slo_gate(environment: Environment, settings: Settings, **_kwargs) -> None:
@@ -209,9 +230,12 @@ def slo_gate(environment: Environment, settings: Settings, **_kwargs) -> None:
     predict = _predict_entry(environment)
     users = settings.loadtest_users if not steps else max(s.users for s in steps)
     whole_run = loadtest.Measurement(
-        users, (stats.last_request_timestamp or stats.start_time) - stats.start_time, stats.total.num_requests,
-        stats.total.num_failures, predict.get_response_time_percentile(0.95) if predict else None,
-    )  # fmt: skip
+        users,
+        (stats.last_request_timestamp or stats.start_time) - stats.start_time,
+        stats.total.num_requests,
+        stats.total.num_failures,
+        predict.get_response_time_percentile(0.95) if predict else None,
+    )
     endpoints = [_endpoint_stats(e) for _, e in sorted(stats.entries.items())]
     summary = loadtest.summary_markdown(settings, environment.host or settings.api_url, whole_run, endpoints, steps)
     path = settings.loadtest_report_dir / loadtest.SUMMARY_FILE

@@ -39,8 +39,11 @@ def batch_record(settings: Settings) -> pd.DataFrame:
             scored = predictions[predictions["batch_number"] == batch.batch_number]
             version = str(scored["model_version"].iloc[0]) if len(scored) else None
             labels = scored["label"].dropna().astype(int)
-            live = (float(roc_auc_score(labels, scored.loc[labels.index, "probability"].astype(float)))
-                    if labels.nunique() == 2 else None)  # fmt: skip
+            live = (
+                float(roc_auc_score(labels, scored.loc[labels.index, "probability"].astype(float)))
+                if labels.nunique() == 2
+                else None
+            )
             psi = {}
             if version is not None:
                 if version not in profiles:
@@ -48,16 +51,34 @@ def batch_record(settings: Settings) -> pd.DataFrame:
                 if profiles[version] is not None:
                     psi = drift.batch_psi(profiles[version], storage.raw_batch(int(batch.batch_number)))
             top = sorted(psi.items(), key=lambda item: -item[1])[:TOP_DRIFTING]
-            rows.append({"batch": int(batch.batch_number), "received_at": batch.started_at,
-                         "rows_stored": int(batch.rows_stored), "rows_rejected": int(batch.rows_rejected),
-                         "model_version": version, "rows_scored": len(scored), "live_roc_auc": live,
-                         "below_floor": live is not None and live < settings.promotion_min_auc,
-                         "max_psi": max(psi.values()) if psi else None,
-                         "top_drifting": ", ".join(f"{feature} {value:.3f}" for feature, value in top)})  # fmt: skip
+            rows.append(
+                {
+                    "batch": int(batch.batch_number),
+                    "received_at": batch.started_at,
+                    "rows_stored": int(batch.rows_stored),
+                    "rows_rejected": int(batch.rows_rejected),
+                    "model_version": version,
+                    "rows_scored": len(scored),
+                    "live_roc_auc": live,
+                    "below_floor": live is not None and live < settings.promotion_min_auc,
+                    "max_psi": max(psi.values()) if psi else None,
+                    "top_drifting": ", ".join(f"{feature} {value:.3f}" for feature, value in top),
+                }
+            )
     finally:
         storage.dispose()
-    columns = ["batch", "received_at", "rows_stored", "rows_rejected", "model_version", "rows_scored", "live_roc_auc",
-               "below_floor", "max_psi", "top_drifting"]  # fmt: skip
+    columns = [
+        "batch",
+        "received_at",
+        "rows_stored",
+        "rows_rejected",
+        "model_version",
+        "rows_scored",
+        "live_roc_auc",
+        "below_floor",
+        "max_psi",
+        "top_drifting",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

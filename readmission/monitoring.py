@@ -29,8 +29,12 @@ JOB = "diabetes_pipeline"
 PUSH_TIMEOUT_SECONDS = 10.0
 DECISIONS = ("promoted", "kept_as_challenger", "refused", "no_new_model")
 # (metric, task, key of the task's dict): the row counts of a run.
-ROWS = (("fetched", "fetch_batch", "rows_fetched"), ("stored", "store_clean", "rows_stored"),
-        ("rejected", "store_clean", "rows_rejected"), ("scored", "score_batch", "rows_scored"))  # fmt: skip
+ROWS = (
+    ("fetched", "fetch_batch", "rows_fetched"),
+    ("stored", "store_clean", "rows_stored"),
+    ("rejected", "store_clean", "rows_rejected"),
+    ("scored", "score_batch", "rows_scored"),
+)
 # (metric, task, key, help): single figures of a run, left out when the run has none (e.g. nothing to score).
 FIGURES = (
     ("batch_number", "fetch_batch", "batch", "Number of the batch the last successful run processed."),
@@ -68,8 +72,9 @@ def run_registry(
     def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(f"{JOB}_{name}", documentation, labels, registry=registry)
 
-    Gauge(f"{JOB}_last_success_timestamp_seconds", "When the last successful run finished (Unix time).",
-          registry=registry).set(finished or time.time())  # fmt: skip
+    Gauge(
+        f"{JOB}_last_success_timestamp_seconds", "When the last successful run finished (Unix time).", registry=registry
+    ).set(finished or time.time())
     for name, task, key, documentation in FIGURES:
         if (value := _number(figures.get(task, {}).get(key))) is not None:
             gauge(name, documentation).set(value)
@@ -83,8 +88,9 @@ def run_registry(
             durations.labels(task).set(seconds)
     _promotion(gauge, figures.get("promote", {}))
     if psi:
-        drifts = gauge("feature_psi", "PSI of the batch against the scoring model's training data, by feature.",
-                       ("feature",))  # fmt: skip
+        drifts = gauge(
+            "feature_psi", "PSI of the batch against the scoring model's training data, by feature.", ("feature",)
+        )
         for feature, value in psi.items():
             drifts.labels(feature).set(value)
     if production:
@@ -101,8 +107,9 @@ def _promotion(gauge, promoted: dict) -> None:
     """The gate's decision (1 for the run's, 0 for the others) and the two scores it compared."""
     if not promoted.get("decision"):
         return
-    decisions = gauge("promotion_decision", "1 for the promotion gate's decision of the last run, 0 otherwise.",
-                      ("decision",))  # fmt: skip
+    decisions = gauge(
+        "promotion_decision", "1 for the promotion gate's decision of the last run, 0 otherwise.", ("decision",)
+    )
     for decision in dict.fromkeys((*DECISIONS, promoted["decision"])):
         decisions.labels(decision).set(float(decision == promoted["decision"]))
     scores = gauge("gate_roc_auc", "ROC-AUC of the challenger and of the champion on the same test split.", ("model",))
@@ -111,8 +118,12 @@ def _promotion(gauge, promoted: dict) -> None:
             scores.labels(model).set(value)
 
 
-def push_run_metrics(settings: Settings, figures: dict[str, dict], psi: dict[str, float] | None = None,
-                     production: dict[str, float] | None = None) -> bool:  # fmt: skip
+def push_run_metrics(
+    settings: Settings,
+    figures: dict[str, dict],
+    psi: dict[str, float] | None = None,
+    production: dict[str, float] | None = None,
+) -> bool:
     """Push one run's metrics to `settings.pushgateway_url` (replacing the previous run's); False when
     disabled or refused (logged, never raised)."""
     registry = run_registry(figures, psi, production)

@@ -70,8 +70,17 @@ def test_a_run_logs_params_metrics_figures_lineage_and_a_model_of_raw_columns(ma
     assert {k: run.data.tags[k] for k in lineage} == lineage == {k: version.tags[k] for k in lineage}
     assert version.tags["run_id"] == run.info.run_id and version.tags["target"] == "any"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {f"plots/{n}" for n in ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png",
-                                            "reliability_diagram.png", "feature_importance.png")}  # fmt: skip
+    assert plots == {
+        f"plots/{n}"
+        for n in (
+            "confusion_matrix.png",
+            "roc_curve.png",
+            "pr_curve.png",
+            "calibration.png",
+            "reliability_diagram.png",
+            "feature_importance.png",
+        )
+    }
     for name in ("test_ece", "test_brier", "test_roc_auc_worst_group", "test_roc_auc_group_gap"):
         assert run.data.metrics[name] == pytest.approx(good_model.evaluation.metrics[name])
     groups = json.loads(
@@ -120,8 +129,13 @@ class Doubling(TransformerMixin, BaseEstimator):
 
 def test_a_model_holding_an_undeclared_type_is_refused_not_pickled():
     rows, labels = model_encounters(), target(model_encounters()["readmitted"]).to_numpy()
-    model = Pipeline([("features", EncounterFeatures()), ("doubling", Doubling()),
-                      ("classifier", GradientBoostingClassifier(n_estimators=2))]).fit(rows, labels)  # fmt: skip
+    model = Pipeline(
+        [
+            ("features", EncounterFeatures()),
+            ("doubling", Doubling()),
+            ("classifier", GradientBoostingClassifier(n_estimators=2)),
+        ]
+    ).fit(rows, labels)
     with pytest.raises(ValueError, match=r"not in SKOPS_TRUSTED_TYPES: \['tests.test_model_registry.Doubling'\]"):
         mlflow_model.trusted_types(model)
 
@@ -129,8 +143,9 @@ def test_a_model_holding_an_undeclared_type_is_refused_not_pickled():
 # --- the real MLflow server: MariaDB backend store, S3 artifacts -------------------------------------------
 
 
-def test_train_register_promote_and_predict_from_a_fresh_process(environment, monkeypatch, mlflow_server,
-                                                                  synthetic_csv, tmp_path, capsys):  # fmt: skip
+def test_train_register_promote_and_predict_from_a_fresh_process(
+    environment, monkeypatch, mlflow_server, synthetic_csv, tmp_path, capsys
+):
     name = f"readmission-{uuid.uuid4().hex[:10]}"
     for variable, value in {
         "MLFLOW_TRACKING_URI": mlflow_server.url,
@@ -153,13 +168,19 @@ def test_train_register_promote_and_predict_from_a_fresh_process(environment, mo
     expected = registry.load_pipeline(settings).predict_proba(rows)[:, 1]  # models:/<name>@production
     # A data scientist's three lines, in a fresh process: the file as pandas reads it, through MLflow's own loader.
     fresh = subprocess.run(
-        [sys.executable, "-c", "import mlflow, pandas as pd;"
-         f"model = mlflow.pyfunc.load_model('models:/{settings.model_name}@production');"
-         f"print(model.predict(pd.read_csv('{synthetic_csv}', nrows=50)).to_json(orient='split'))"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import mlflow, pandas as pd;"
+            f"model = mlflow.pyfunc.load_model('models:/{settings.model_name}@production');"
+            f"print(model.predict(pd.read_csv('{synthetic_csv}', nrows=50)).to_json(orient='split'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server.url},
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     answer = json.loads(fresh.stdout.splitlines()[-1])
     assert answer["columns"] == ["readmission_probability"]
@@ -211,8 +232,10 @@ def test_the_model_commands_promote_roll_back_and_list(environment, good_model, 
 
     assert main(["model", "promote", "1"]) == 0
     assert main(["model", "promote", "2"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["@production -> version 1 (was unset)",
-                                                    "@production -> version 2 (was 1)"]  # fmt: skip
+    assert capsys.readouterr().out.splitlines() == [
+        "@production -> version 1 (was unset)",
+        "@production -> version 2 (was 1)",
+    ]
     assert main(["model", "rollback"]) == 0
     assert capsys.readouterr().out == "@production -> version 1 (was 2)\n"
     assert main(["model", "list"]) == 0
@@ -223,8 +246,12 @@ def test_the_model_commands_promote_roll_back_and_list(environment, good_model, 
     assert capsys.readouterr().err == f"readmission model: error: {settings.model_name} has no version 7\n"
 
     card = registry.describe_version(settings)
-    assert (card["name"], card["version"], card["alias"], card["aliases"]) == (settings.model_name, first, "production",
-                                                                               ["production"])  # fmt: skip
+    assert (card["name"], card["version"], card["alias"], card["aliases"]) == (
+        settings.model_name,
+        first,
+        "production",
+        ["production"],
+    )
     assert card["metrics"]["test_roc_auc"] == pytest.approx(good_model.evaluation.metrics["test_roc_auc"])
     assert card["tags"]["lineage.training_data_sha256"] == good_model.lineage.fingerprint
     assert registry.describe_version(settings, f"models:/{settings.model_name}/{second}")["alias"] is None

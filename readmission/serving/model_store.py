@@ -180,11 +180,19 @@ def load_served_model(settings: Settings, target: ModelTarget) -> ServedModel:
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} | tags
         groups = _group_table(target.run_id, settings)
     model = ServedModel(
-        pipeline=pipeline, target=target, metrics=run_metrics, tags=tags, groups=groups,
-        decision_threshold=_decision_threshold(params, run_metrics), loaded_at=datetime.now(UTC),
-        load_seconds=time.perf_counter() - started, drift=drift,
-    )  # fmt: skip
-    model.probabilities(np.full((1, len(INPUT_COLUMNS)), encounter_columns.MISSING, dtype=object))  # fail here, not in a request
+        pipeline=pipeline,
+        target=target,
+        metrics=run_metrics,
+        tags=tags,
+        groups=groups,
+        decision_threshold=_decision_threshold(params, run_metrics),
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started,
+        drift=drift,
+    )
+    model.probabilities(
+        np.full((1, len(INPUT_COLUMNS)), encounter_columns.MISSING, dtype=object)
+    )  # fail here, not in a request
     return model
 
 
@@ -236,8 +244,13 @@ class ModelStore:
             _settle_memory()
             metrics.model_swapped(previous and previous.target, model.target, model.load_seconds)
             metrics.MODEL_RELOADS.labels("success", trigger).inc()
-            log.info("serving %s (%s) after %s; loaded in %.2fs", model.target.uri, model.target.name, trigger,
-                     model.load_seconds)  # fmt: skip
+            log.info(
+                "serving %s (%s) after %s; loaded in %.2fs",
+                model.target.uri,
+                model.target.name,
+                trigger,
+                model.load_seconds,
+            )
             return "loaded", model
 
     def _poll(self) -> None:
