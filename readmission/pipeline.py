@@ -303,17 +303,6 @@ def score_batch(settings: Settings, batch: int) -> dict:
             "live_roc_auc": _figure(live["roc_auc"]), "live_accuracy": _figure(live["accuracy"])}  # fmt: skip
 
 
-def _version_trained_on(settings: Settings, batches: list[int], train_fingerprint: str) -> str | None:
-    """The registered version trained on exactly these batches and train rows for this target, if any."""
-    wanted = {
-        tags.LINEAGE_BATCHES: ",".join(map(str, batches)),
-        tags.LINEAGE_TRAINING_DATA_SHA256: train_fingerprint,
-        tags.TARGET: settings.target,
-    }
-    matches = registry.versions_trained_on(settings, wanted)
-    return str(max(int(v.version) for v in matches)) if matches else None
-
-
 def _import_model_logging() -> None:
     """Import what logging a model takes (MLflow's python_function flavour, skops, matplotlib): seconds in
     the fresh process a task runs in."""
@@ -333,7 +322,7 @@ def train(settings: Settings, batch: int) -> dict:
     with _storage(settings) as storage:
         frame = storage.labelled_encounters()
     batches = sorted(int(b) for b in frame["batch_number"].unique())
-    existing = _version_trained_on(settings, batches, training.fingerprint(frame[frame["split"] == "train"]))
+    existing = registry.version_trained_on(settings, batches, training.fingerprint(frame[frame["split"] == "train"]))
     if existing and not settings.force_retrain:
         log.info("batches %s were trained on already (version %s): not training again", batches, existing)
         return {"batch": batch, "trained": False, "version": existing, "batches": batches}

@@ -330,10 +330,16 @@ def versions_table(settings: Settings) -> str:
     return versions.replace({"aliases": {"": "-"}, "gate_decision": {"": "-"}}).to_string(index=False)
 
 
-def versions_trained_on(settings: Settings, wanted: dict[str, str]) -> list[ModelVersion]:
-    """The registered versions whose tags hold every `wanted` tag value."""
+def version_trained_on(settings: Settings, batches: list[int], train_fingerprint: str) -> str | None:
+    """The newest registered version trained on exactly these batches and train rows for this target, if any."""
+    wanted = {
+        tags.LINEAGE_BATCHES: ",".join(map(str, batches)),
+        tags.LINEAGE_TRAINING_DATA_SHA256: train_fingerprint,
+        tags.TARGET: settings.target,
+    }
     versions = registry_client(settings).search_model_versions(f"name = '{settings.model_name}'")
-    return [v for v in versions if all((v.tags or {}).get(key) == value for key, value in wanted.items())]
+    matches = [v for v in versions if all((v.tags or {}).get(key) == value for key, value in wanted.items())]
+    return str(max(int(v.version) for v in matches)) if matches else None
 
 
 def describe_production(settings: Settings) -> dict[str, Any] | None:
