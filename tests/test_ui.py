@@ -132,7 +132,9 @@ def test_csv_cells_become_the_json_types_of_the_request_and_extra_columns_are_dr
     bodies = batch.request_bodies(frame)
     assert bodies[0]["admission_type_id"] == 3 and isinstance(bodies[0]["time_in_hospital"], int)
     assert "payer_code" not in bodies[1]
-    assert set(bodies[2]) == set(encounter_columns.FEATURE_INPUT_COLUMNS)  # no extra column, no id: the model needs neither
+    assert set(bodies[2]) == set(
+        encounter_columns.FEATURE_INPUT_COLUMNS
+    )  # no extra column, no id: the model needs neither
 
 
 def test_rows_the_request_model_rejects_are_reported_with_line_and_reason_and_the_rest_kept():
@@ -427,7 +429,7 @@ def test_the_ui_imports_none_of_the_serving_stack():
         "        if name.split('.')[0] in {'fastapi', 'gunicorn', 'uvicorn', 'prometheus_client', 'sqlalchemy', 'skops'}:\n"
         "            raise ImportError(f'the UI must not import {name}')\n"
         "sys.meta_path.insert(0, Refuse())\n"
-        "import readmission.ui.app, readmission.ui.pages, readmission.ui.model_card\n"
+        "import readmission.ui.app, readmission.ui.pages, readmission.ui.model_page, readmission.ui.monitoring_page, readmission.ui.model_card\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
 
