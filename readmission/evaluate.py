@@ -3,7 +3,7 @@
 The threshold is chosen on the validation split (the one that maximizes F1 there, since the
 positive class is the minority for the 30-day target and accuracy would favour never
 predicting it) and then applied unchanged to the test split. Figures are matplotlib
-`Figure` objects drawn off-screen (Agg), for `mlflow.log_figure`.
+`Figure` objects drawn off-screen (Agg), for `MlflowClient.log_figure`.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def run_details(tracking_uri: str, run_id: str, timeout: float = 5.0) -> RunDeta
     from mlflow.exceptions import MlflowException  # imported here: MLflow is slow to import
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         run = client.get_run(run_id)
         images = {}
