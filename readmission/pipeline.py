@@ -288,9 +288,7 @@ def score_batch(settings: Settings, batch: int) -> dict:
     threshold = production["metrics"].get("decision_threshold", 0.5)
     with _storage(settings) as storage:
         raw = storage.raw_batch(batch)
-        rows = raw[raw["encounter_id"].astype("int64").isin(_clean_encounter_ids(storage, batch))].reset_index(
-            drop=True
-        )
+        rows = raw[raw["encounter_id"].astype("int64").isin(_clean_encounter_ids(storage, batch))].reset_index(drop=True)
         labels = features.target(rows[encounter_columns.TARGET_COLUMN], settings.target).to_numpy()
         probability = evaluate.positive_probability(model, rows)
         predictions = pd.DataFrame({"encounter_id": rows["encounter_id"].astype("int64"), "probability": probability,
