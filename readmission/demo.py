@@ -196,11 +196,13 @@ def run(settings: Settings) -> int:
 
         outcomes = []
         with output_to(logs / "airflow.log") as terminal:
-            for batch in range(1, total + 1):
-                began = time.monotonic()
-                outcome = BatchOutcome.of(batch, local_run.run_dag_locally(settings, batch), time.monotonic() - began)
+            batches = list(range(1, total + 1))
+            began = time.monotonic()
+            for batch, run in zip(batches, local_run.run_dag_locally(settings, batches), strict=True):
+                outcome = BatchOutcome.of(batch, run, time.monotonic() - began)
                 outcomes.append(outcome)
                 print(outcome.line(total), file=terminal)
+                began = time.monotonic()
         print("\n" + table([outcome.row() for outcome in outcomes]))
         print(f"\nin service: {_production_summary(settings)}")
         print(f"\ninference API {api_url}/docs")

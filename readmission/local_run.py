@@ -1,10 +1,11 @@
-"""One run of `diabetes_pipeline` through Airflow itself (`dag.test()`) on this machine, for `make demo`.
+"""Runs of `diabetes_pipeline` through Airflow itself (`dag.test()`) on this machine, for `make demo`.
 
 Airflow reads its configuration, and the DAG's tasks their settings, from the environment of the
-process they run in, once. So `run_dag_locally` starts a child process with the settings and
+process they run in, once. So `run_dag_locally` starts one child process with the settings and
 Airflow's local configuration (`airflow_environment`: AIRFLOW_HOME and a SQLite metadata DB under
 DATA_DIR, migrated on first use) in its environment; the child runs the DAG in-process
-(`run_dag_here`) and writes what the tasks did to a file the parent reads back. The parent's own
+(`run_dag_here`) once per batch asked for and sends what the tasks did back through a pipe, one
+line per run, as each run ends. Airflow is imported once for all the runs. The parent's own
 environment is never written.
 """
 
@@ -14,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -45,29 +46,47 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def run_dag_locally(settings: Settings, batch: int | None = None, force_retrain: bool = False) -> LocalRun:
-    """Run `diabetes_pipeline` once on `settings` through Airflow, in a child process; what its tasks did.
+def run_dag_locally(
+    settings: Settings, batches: Sequence[int | None], force_retrain: bool = False
+) -> Iterator[LocalRun]:
+    """Run `diabetes_pipeline` on `settings` through Airflow once per batch of `batches` (None: the data API's
+    current one), in one child process; what the tasks of each run did, as each run ends.
 
-    The child's output goes where this process's goes. RuntimeError when the child fails
-    before the run has an outcome (the run's own failures are task states).
+    The child's output goes where this process's goes. RuntimeError when the child ends before
+    every run has an outcome (a run's own failures are task states).
     """
+    batches = list(batches)
     environment = {**os.environ, **settings_environment(settings), **airflow_environment(settings)}
-    with tempfile.TemporaryDirectory(prefix="dag-run-") as folder:
-        outcome = Path(folder) / "run.json"
-        request = json.dumps({"batch": batch, "force_retrain": force_retrain, "outcome": str(outcome)})
-        sys.stdout.flush()
-        sys.stderr.flush()
-        done = subprocess.run([sys.executable, "-c", CHILD, request], env=environment, check=False)
-        if done.returncode != 0 or not outcome.is_file():
-            raise RuntimeError(f"the local run of {DAG_ID} for batch {batch} ended with exit code {done.returncode}")
-        return LocalRun(**json.loads(outcome.read_text()))
+    read_end, write_end = os.pipe()
+    request = json.dumps({"batches": batches, "force_retrain": force_retrain, "outcomes_fd": write_end})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, request], env=environment, pass_fds=(write_end,))
+    os.close(write_end)
+    runs = 0
+    try:
+        with os.fdopen(read_end) as outcomes:
+            for line in outcomes:
+                runs += 1
+                yield LocalRun(**json.loads(line))
+    finally:
+        if child.poll() is None and runs < len(batches):  # the caller stopped early
+            child.terminate()
+        child.wait()
+    if runs < len(batches):
+        raise RuntimeError(
+            f"the local runs of {DAG_ID} ended after {runs} of {len(batches)} (exit code {child.returncode})"
+        )
 
 
 def main() -> None:
-    """The child of `run_dag_locally`: run the DAG here, write the outcome where the request says."""
+    """The child of `run_dag_locally`: run the DAG here once per batch asked for, each outcome a line on the pipe."""
     request = json.loads(sys.argv[1])
-    run = run_dag_here(request["batch"], request["force_retrain"])
-    Path(request["outcome"]).write_text(json.dumps(asdict(run), default=str))
+    with os.fdopen(request["outcomes_fd"], "w") as outcomes:
+        for batch in request["batches"]:
+            run = run_dag_here(batch, request["force_retrain"])
+            outcomes.write(json.dumps(asdict(run), default=str) + "\n")
+            outcomes.flush()
 
 
 def load_dag():

@@ -5,17 +5,13 @@ Flask data API on synthetic data. The tasks run in this process, on settings rea
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 
 import pytest
 import sqlalchemy as sa
 
-from readmission import local_run, pipeline
+from readmission import local_run
 from readmission.config import settings_environment
 from readmission.dataset import synthetic_dataset
 from tests.servers import S3_TEST_CREDENTIALS, free_port, start_data_api, wait_until
@@ -211,22 +207,3 @@ def _task_state(airflow_home, task_id: str) -> str | None:
         row = conn.execute("SELECT state FROM task_instance WHERE task_id = ? ORDER BY rowid DESC LIMIT 1",
                            (task_id,)).fetchone()  # fmt: skip
     return row[0] if row else None
-
-
-def test_a_local_run_migrates_its_own_metadata_db_under_the_data_folder(tmp_path):
-    """`run_dag_locally` (what `make demo` calls) in a fresh process: it sets Airflow up under DATA_DIR by itself."""
-    script = (
-        "import json, sys\n"
-        "from readmission import local_run\n"
-        "from readmission.config import Settings\n"
-        "settings = Settings(_env_file=None, data_dir=sys.argv[1], data_api_url=sys.argv[2])\n"
-        "print(json.dumps(local_run.run_dag_locally(settings, batch=1).states))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), f"http://127.0.0.1:{free_port()}"],
-                          capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items()
-                                                                            if not k.startswith("AIRFLOW")})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    states = json.loads(done.stdout.strip().splitlines()[-1])
-    assert list(states)[: len(pipeline.TASK_IDS)] == list(pipeline.TASK_IDS)
-    assert set(states.values()) == {"skipped"}
-    assert (tmp_path / "data" / "airflow" / "airflow.db").is_file()
