@@ -44,7 +44,9 @@ def latencies(url: str, bodies: list[dict], explain: bool) -> list[float]:
     session, times = requests.Session(), []
     for body in bodies:
         started = time.perf_counter()
-        response = session.post(f"{url}/predict", params={"explain": "true"} if explain else None, json=body, timeout=30)
+        response = session.post(
+            f"{url}/predict", params={"explain": "true"} if explain else None, json=body, timeout=30
+        )
         times.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
     return times
@@ -71,7 +73,9 @@ def main() -> int:
         explainer.explain(rows.head(1))
         one = min(_timed(lambda i=i: explainer.explain(rows.iloc[[i]])) for i in range(200))
         batch = min(_timed(lambda: explainer.explain(rows.head(1_000))) for _ in range(3))
-        print(f"in process: explanation of one row {one:.2f} ms (best of 200), of 1,000 rows {batch:.0f} ms (best of 3)")
+        print(
+            f"in process: explanation of one row {one:.2f} ms (best of 200), of 1,000 rows {batch:.0f} ms (best of 3)"
+        )
 
         bodies = [request_body(row) for row in test.head(args.requests).astype(object).to_dict(orient="records")]
         api, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -87,11 +91,15 @@ def main() -> int:
     p50 = {explain: float(np.percentile(times, 50)) for explain, times in runs.items()}
     p90 = {explain: float(np.percentile(times, 90)) for explain, times in runs.items()}
     added = p50[True] - p50[False]
-    print(f"/predict one encounter at a time, {len(runs[False])} requests each ({args.rounds} alternated rounds), "
-          f"load average {os.getloadavg()[0]:.1f}:")
+    print(
+        f"/predict one encounter at a time, {len(runs[False])} requests each ({args.rounds} alternated rounds), "
+        f"load average {os.getloadavg()[0]:.1f}:"
+    )
     print(f"  without explain: p50 {p50[False]:.2f} ms, p90 {p90[False]:.2f} ms")
     print(f"  explain=true:    p50 {p50[True]:.2f} ms, p90 {p90[True]:.2f} ms")
-    print(f"  added at p50: {added:.2f} ms ({'within' if added <= TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target)")
+    print(
+        f"  added at p50: {added:.2f} ms ({'within' if added <= TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target)"
+    )
     return 0 if added <= TARGET_MS else 1
 
 

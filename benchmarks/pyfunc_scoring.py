@@ -41,7 +41,9 @@ def main() -> int:
         pipeline = mlflow_model.read_pipeline(model_dir)
         rows = pd.read_csv(path)
         text = pd.read_csv(path, dtype=str, keep_default_na=False)
-        direct_seconds, direct = timed(lambda: pipeline.predict_proba(text[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[:, 1])
+        direct_seconds, direct = timed(
+            lambda: pipeline.predict_proba(text[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[:, 1]
+        )
         read_seconds, as_read = timed(lambda: model.predict(rows))
         text_seconds, as_text = timed(lambda: model.predict(text))
     assert np.allclose(as_read["readmission_probability"], direct) and np.allclose(

@@ -64,14 +64,18 @@ def main() -> int:
         fits = result.fit_cpu_seconds
         rest = cpu - sum(fits.values())  # features, scoring, evaluation, figures: one thread
         longest = max(fits["gradient_boosting"], sum(v for k, v in fits.items() if k != "gradient_boosting"))
-        print(f"  on an idle 2-core machine: about {sum(fits.values()) / 2 + rest:.0f}-{longest + rest:.0f} s "
-              f"(fits on two cores: half their CPU, or the longer of the reference and the search; plus {rest:.0f} s)")
+        print(
+            f"  on an idle 2-core machine: about {sum(fits.values()) / 2 + rest:.0f}-{longest + rest:.0f} s "
+            f"(fits on two cores: half their CPU, or the longer of the reference and the search; plus {rest:.0f} s)"
+        )
         print(f"  decision threshold {result.evaluation.threshold:.4f} (max F1 on validation)")
         for split in ("validation", "test"):
             print(f"  {split:10s} " + "  ".join(f"{m} {metrics[f'{split}_{m}']:.4f}" for m in REPORTED))
         print(f"  test ROC-AUC {metrics['test_roc_auc']:.4f} {'>=' if good else '<'} {QUALITY_FLOOR[kind]}")
-        print(f"  test per group (race, gender, age band; fewer than 200 encounters: too small): worst-group ROC-AUC "
-              f"{metrics['test_roc_auc_worst_group']:.4f}, largest gap {metrics['test_roc_auc_group_gap']:.4f}")
+        print(
+            f"  test per group (race, gender, age band; fewer than 200 encounters: too small): worst-group ROC-AUC "
+            f"{metrics['test_roc_auc_worst_group']:.4f}, largest gap {metrics['test_roc_auc_group_gap']:.4f}"
+        )
         print(result.evaluation.groups.to_string(index=False, float_format="%.4f"))
     return 1 if failures else 0
 

@@ -232,4 +232,3 @@ def run(settings: Settings, extra_args: Sequence[str] = ()) -> int:
     code = subprocess.run(locust_command(settings, extra_args), check=False).returncode
     print(f"reports in {settings.loadtest_report_dir}/ ({SUMMARY_FILE}, {HTML_FILE}, {CSV_PREFIX}_*.csv)")
     return code
-

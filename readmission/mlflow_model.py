@@ -73,7 +73,8 @@ EncounterRow = create_model(
     "EncounterRow",
     __config__=ConfigDict(extra="ignore"),  # identifiers and the label may come along, as in the file
     **{
-        column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None) for column in encounter_columns.FEATURE_INPUT_COLUMNS
+        column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None)
+        for column in encounter_columns.FEATURE_INPUT_COLUMNS
     },
 )
 

@@ -22,7 +22,9 @@ class ReadmissionModel(PythonModel):
         self.positive = list(self.pipeline.classes_).index(1)
 
     def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:
-        rows = pd.DataFrame([row.__dict__ for row in model_input], columns=list(encounter_columns.FEATURE_INPUT_COLUMNS))
+        rows = pd.DataFrame(
+            [row.__dict__ for row in model_input], columns=list(encounter_columns.FEATURE_INPUT_COLUMNS)
+        )
         return pd.DataFrame({PROBABILITY_COLUMN: self.pipeline.predict_proba(rows)[:, self.positive]})
 
 

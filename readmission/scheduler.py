@@ -354,4 +354,3 @@ def run_command(command: Callable[..., list[Change]], parser: argparse.ArgumentP
         return 1
     print(format_changes(changes))
     return 0
-

@@ -140,7 +140,9 @@ def test_the_lambda_role_policy_is_the_rendered_least_privilege_file(config, acc
     document = iam.get_role_policy(RoleName=config.lambda_role_name, PolicyName=scheduler_spec.LAMBDA_POLICY_NAME)
     policy = document["PolicyDocument"]
     assert policy == render_policy("lambda_ec2_start_stop_policy.json", policy_values(config, account))
-    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [scheduler_spec.LAMBDA_POLICY_NAME]
+    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [
+        scheduler_spec.LAMBDA_POLICY_NAME
+    ]
     assert iam.list_attached_role_policies(RoleName=config.lambda_role_name)["AttachedPolicies"] == []
     by_action = {action: statement for statement in policy["Statement"] for action in actions_of(statement)}
     instance_arns = [f"arn:aws:ec2:us-east-1:{account.account_id}:instance/{item}" for item in config.instance_ids]
@@ -238,7 +240,11 @@ def test_new_instance_ids_update_the_policy_and_the_functions_but_not_the_schedu
     changes = setup(dataclasses.replace(config, instance_ids=new_ids))
 
     assert {(change.kind, change.action) for change in changes} == {
-        ("iam role", "update"), ("lambda function", "update"), ("iam role", "unchanged"), ("schedule", "unchanged")}
+        ("iam role", "update"),
+        ("lambda function", "update"),
+        ("iam role", "unchanged"),
+        ("schedule", "unchanged"),
+    }
     after = snapshot(config)
     assert [key for key in before if before[key] != after[key]] == [
         f"role {config.lambda_role_name}", "function start", "function stop"]  # fmt: skip
@@ -253,7 +259,9 @@ def test_update_schedule_changes_only_the_schedules(config):
     changes = update_schedule(new_times)
 
     assert [(change.kind, change.name, change.action) for change in changes] == [
-        ("schedule", config.schedule_name("start"), "update"), ("schedule", config.schedule_name("stop"), "update")]
+        ("schedule", config.schedule_name("start"), "update"),
+        ("schedule", config.schedule_name("stop"), "update"),
+    ]
     after = snapshot(config)
     assert [key for key in before if before[key] != after[key]] == ["schedule start", "schedule stop"]
     assert after["schedule start"]["ScheduleExpression"] == "cron(15 8 * * ? *)"

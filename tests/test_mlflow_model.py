@@ -138,7 +138,9 @@ def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synt
         server.stop()
     assert response.status_code == 200, response.text
     answers = [row["readmission_probability"] for row in response.json()["predictions"]]
-    expected = registry.load_pipeline(settings, uri).predict_proba(rows[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[:, 1]
+    expected = registry.load_pipeline(settings, uri).predict_proba(rows[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[
+        :, 1
+    ]
     np.testing.assert_allclose(answers, expected, rtol=0, atol=1e-12)
 
 

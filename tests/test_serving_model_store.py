@@ -29,8 +29,11 @@ def test_a_model_at_a_path_is_served_and_loaded_again_only_on_request(make_setti
     store = ModelStore(make_settings(model_uri=str(model_folder)))
     assert store.refresh("startup")[0] == "loaded"
     served = store.current
-    assert (served.target.uri, served.target.version, served.target.name) == (str(model_folder), None,
-                                                                              "diabetes-readmission")
+    assert (served.target.uri, served.target.version, served.target.name) == (
+        str(model_folder),
+        None,
+        "diabetes-readmission",
+    )
     assert store.refresh("poll") == ("unchanged", served)  # polling cannot tell a path changed
     assert store.refresh("http")[0] == "loaded" and store.current is not served
     probabilities = store.current.probabilities(raw_rows())
