@@ -27,13 +27,14 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from readmission import registry, schema  # noqa: E402 - needs the repository root on sys.path
+from readmission import encounter_columns  # noqa: E402 - needs the repository root on sys.path
 from readmission.config import Settings  # noqa: E402
 from readmission.dataset import load_dataset  # noqa: E402
 from readmission.explain import Explainer  # noqa: E402
 from readmission.loadtest import request_body  # noqa: E402
+from readmission.model import registry  # noqa: E402
 from readmission.split import assign_split  # noqa: E402
-from readmission.train import train  # noqa: E402
+from readmission.train import train_model  # noqa: E402
 from tests.servers import start_inference_api  # noqa: E402
 
 TARGET_MS = 5.0
@@ -43,7 +44,9 @@ def latencies(url: str, bodies: list[dict], explain: bool) -> list[float]:
     session, times = requests.Session(), []
     for body in bodies:
         started = time.perf_counter()
-        response = session.post(f"{url}/predict", params={"explain": "true"} if explain else None, json=body, timeout=30)
+        response = session.post(
+            f"{url}/predict", params={"explain": "true"} if explain else None, json=body, timeout=30
+        )
         times.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
     return times
@@ -59,18 +62,20 @@ def main() -> int:
     frame["split"] = assign_split(frame["patient_nbr"])
     with tempfile.TemporaryDirectory(prefix="explain-cost-") as folder:
         settings = Settings(_env_file=None, data_dir=Path(folder) / "registry")
-        result = train(frame, settings, figures=False)
+        result = train_model(frame, settings, figures=False)
         version = str(registry.log_training(result, settings).version)
-        registry.promote(settings, version)
+        registry.set_production(settings, version)
         print(f"model: {result.candidate}, test ROC-AUC {result.evaluation.metrics['test_roc_auc']:.4f}, "
               f"test ECE {result.evaluation.metrics['test_ece']:.4f}")  # fmt: skip
         test = frame[frame["split"] == "test"]
-        rows = test[list(schema.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
+        rows = test[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
         explainer = Explainer(result.model)
         explainer.explain(rows.head(1))
         one = min(_timed(lambda i=i: explainer.explain(rows.iloc[[i]])) for i in range(200))
         batch = min(_timed(lambda: explainer.explain(rows.head(1_000))) for _ in range(3))
-        print(f"in process: explanation of one row {one:.2f} ms (best of 200), of 1,000 rows {batch:.0f} ms (best of 3)")
+        print(
+            f"in process: explanation of one row {one:.2f} ms (best of 200), of 1,000 rows {batch:.0f} ms (best of 3)"
+        )
 
         bodies = [request_body(row) for row in test.head(args.requests).astype(object).to_dict(orient="records")]
         api, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
@@ -86,11 +91,15 @@ def main() -> int:
     p50 = {explain: float(np.percentile(times, 50)) for explain, times in runs.items()}
     p90 = {explain: float(np.percentile(times, 90)) for explain, times in runs.items()}
     added = p50[True] - p50[False]
-    print(f"/predict one encounter at a time, {len(runs[False])} requests each ({args.rounds} alternated rounds), "
-          f"load average {os.getloadavg()[0]:.1f}:")
+    print(
+        f"/predict one encounter at a time, {len(runs[False])} requests each ({args.rounds} alternated rounds), "
+        f"load average {os.getloadavg()[0]:.1f}:"
+    )
     print(f"  without explain: p50 {p50[False]:.2f} ms, p90 {p90[False]:.2f} ms")
     print(f"  explain=true:    p50 {p50[True]:.2f} ms, p90 {p90[True]:.2f} ms")
-    print(f"  added at p50: {added:.2f} ms ({'within' if added <= TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target)")
+    print(
+        f"  added at p50: {added:.2f} ms ({'within' if added <= TARGET_MS else 'OVER'} the {TARGET_MS:.0f} ms target)"
+    )
     return 0 if added <= TARGET_MS else 1
 
 

@@ -7,8 +7,10 @@ registers, runs the gate and notifies serving, as a scheduled run in production 
 
 It starts a throw-away MariaDB (the Debian binaries, as the tests do) and the real data API
 (gunicorn) on DATASET_PATH; MLflow is the embedded store under a temporary DATA_DIR. The run
-goes through Airflow itself (`dag.test()`, tasks in this process); Airflow is warmed up first
-by re-running an already stored batch (which trains nothing), as a running scheduler would be.
+goes through Airflow itself (`dag.test()`, tasks in this process, which plays the Airflow worker:
+its environment holds the settings and Airflow's local configuration, set before Airflow is
+imported); Airflow is warmed up first by re-running an already stored batch (which trains
+nothing), as a running scheduler would be.
 It prints the run's wall time, each task's duration, and this process's CPU seconds: on a
 machine shared with other work, wall time stretches with the load, CPU time much less.
 
@@ -29,8 +31,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import requests  # noqa: E402
 
-from readmission import ingest, pipeline, registry  # noqa: E402
-from readmission.config import Settings  # noqa: E402
+from readmission import ingest, local_run  # noqa: E402
+from readmission.config import Settings, settings_environment  # noqa: E402
+from readmission.model.gate import train_and_register  # noqa: E402
 from readmission.storage import Storage  # noqa: E402
 from tests.servers import MariaDB, start_data_api  # noqa: E402
 
@@ -47,7 +50,7 @@ def accumulate(settings: Settings, batches: list[int]) -> int:
         print(ingest.ingest_batch(storage, ingest.fetch(settings.data_api_url, number), "benchmark"))
     stored = int(storage.batch_log()["rows_received"].sum())
     storage.dispose()
-    print(registry.train_and_register(settings))
+    print(train_and_register(settings))
     return stored
 
 
@@ -73,9 +76,10 @@ def main() -> int:
             print(f"accumulated {stored} rows of batches {others} and a production model in "
                   f"{time.perf_counter() - started:.0f} s")  # fmt: skip
 
-            warm_up = pipeline.run_dag_locally(settings, batch=others[-1])
+            os.environ.update({**settings_environment(settings), **local_run.airflow_environment(settings)})
+            warm_up = local_run.run_dag_here(batch=others[-1])
             assert set(warm_up.states.values()) == {"success"}, warm_up.states
-            dag = pipeline.load_dag()
+            dag = local_run.load_dag()
             cpu, wall = time.process_time(), time.perf_counter()
             dag_run = dag.test(run_conf={"batch": MEASURED_BATCH, "force_retrain": False})
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -20,9 +20,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from readmission import encounter_columns, mlflow_model  # noqa: E402
 from tests.factories import saved_model  # noqa: E402 - the benchmark uses the tests' small production-shaped model
-
-from readmission import mlflow_model, schema  # noqa: E402
 
 
 def timed(call) -> tuple[float, object]:
@@ -42,7 +41,9 @@ def main() -> int:
         pipeline = mlflow_model.read_pipeline(model_dir)
         rows = pd.read_csv(path)
         text = pd.read_csv(path, dtype=str, keep_default_na=False)
-        direct_seconds, direct = timed(lambda: pipeline.predict_proba(text[list(schema.FEATURE_INPUT_COLUMNS)])[:, 1])
+        direct_seconds, direct = timed(
+            lambda: pipeline.predict_proba(text[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[:, 1]
+        )
         read_seconds, as_read = timed(lambda: model.predict(rows))
         text_seconds, as_text = timed(lambda: model.predict(text))
     assert np.allclose(as_read["readmission_probability"], direct) and np.allclose(

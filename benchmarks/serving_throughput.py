@@ -70,14 +70,14 @@ def register_reference_model(settings: Settings) -> str:
     """The reference GradientBoosting pipeline, trained on synthetic encounters, promoted to @production."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from readmission import registry
-    from readmission.train import REFERENCE_PARAMS, Candidate, train
+    from readmission.model import registry
+    from readmission.train import REFERENCE_PARAMS, Candidate, train_model
 
     classifier = GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=0)
-    result = train(labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)],
+    result = train_model(labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)],
                    figures=False)  # fmt: skip
     version = str(registry.log_training(result, settings).version)
-    registry.promote(settings, version)
+    registry.set_production(settings, version)
     return version
 
 
@@ -249,8 +249,7 @@ def main() -> int:
             keyed, keyed_url, keyed_workers = start_api(folder / "keyed", mlflow_server.url, version, args.workers,
                                                         {"API_KEYS": entries})  # fmt: skip
             servers.callback(keyed.stop)
-            key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration,
-                                    args.rounds)
+            key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration, args.rounds)
             keyed.stop()
         for name, (script, path, rows_per_request) in request_scripts(folder).items():
             if args.predict_only and path != "/predict":
@@ -271,8 +270,10 @@ def main() -> int:
         print_key_comparison(key_runs)
         print(f"the key check alone: {key_check_microseconds(entries, key):.2f} µs per request (in-process, best of 3)")
         without, with_key = key_route_microseconds(entries, key)
-        print(f"GET /model in-process (503, no model): {without:.1f} µs without keys, {with_key:.1f} µs with a key: "
-              f"{with_key - without:+.1f} µs for the check and its FastAPI dependency")
+        print(
+            f"GET /model in-process (503, no model): {without:.1f} µs without keys, {with_key:.1f} µs with a key: "
+            f"{with_key - without:+.1f} µs for the check and its FastAPI dependency"
+        )
     for pid, (resident, peak) in memory.items():
         print(f"worker {pid}: resident {loaded[pid][0]:.0f} MB with the model loaded, {resident:.0f} MB after the runs "
               f"(peak {peak:.0f} MB)")  # fmt: skip

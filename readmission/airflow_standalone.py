@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import cast
 
-from readmission import pipeline, processes
-from readmission.config import Settings
+from readmission import local_run, processes
+from readmission.config import Settings, settings_environment
 
 USER = "admin"
 HEALTH_PATH = "/api/v2/monitor/health"
@@ -40,7 +40,7 @@ def ui_url(settings: Settings) -> str:
 
 
 def _home(settings: Settings) -> Path:
-    return Path(pipeline.airflow_environment(settings)["AIRFLOW_HOME"])
+    return Path(local_run.airflow_environment(settings)["AIRFLOW_HOME"])
 
 
 def passwords_file(settings: Settings) -> Path:
@@ -52,11 +52,11 @@ def passwords_file(settings: Settings) -> Path:
 def environment(settings: Settings) -> dict[str, str]:
     """The environment of every Airflow part: the platform's settings, Airflow's home, DAGs folder and API address,
     and the admin user. A metadata DB already named in this process's environment is kept."""
-    airflow = pipeline.airflow_environment(settings)
+    airflow = local_run.airflow_environment(settings)
     if os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         del airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     return {
-        **pipeline.settings_environment(settings),
+        **settings_environment(settings),
         **airflow,
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),

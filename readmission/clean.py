@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.split import assign_split
 from readmission.validation import CODE_COLUMNS, whole_numbers
 
-INTEGER_COLUMNS = (*schema.ID_COLUMNS, *CODE_COLUMNS, *schema.COUNT_RANGES)
-TEXT_COLUMNS = tuple(c for c in schema.COLUMNS if c not in INTEGER_COLUMNS)
-CLEAN_COLUMNS = (*schema.COLUMNS, "split")  # what `clean_rows` gives; the store adds the batch keys
+INTEGER_COLUMNS = (*encounter_columns.ID_COLUMNS, *CODE_COLUMNS, *encounter_columns.COUNT_RANGES)
+TEXT_COLUMNS = tuple(c for c in encounter_columns.COLUMNS if c not in INTEGER_COLUMNS)
+CLEAN_COLUMNS = (*encounter_columns.COLUMNS, "split")  # what `clean_rows` gives; the store adds the batch keys
 
 
 def typed_encounters(valid_raw: pd.DataFrame) -> pd.DataFrame:
@@ -41,9 +41,9 @@ def typed_encounters(valid_raw: pd.DataFrame) -> pd.DataFrame:
         integers[column] = numbers.to_numpy(dtype=np.int64)
     text = valid_raw[list(TEXT_COLUMNS)].to_numpy(dtype=object, copy=True)  # every text column at once
     text[pd.isna(text)] = None  # first: comparing pandas' NA with text raises
-    text[text == schema.MISSING] = None
+    text[text == encounter_columns.MISSING] = None
     typed = pd.DataFrame(text, index=valid_raw.index, columns=list(TEXT_COLUMNS), dtype=object)
-    return typed.assign(**integers)[list(schema.COLUMNS)]
+    return typed.assign(**integers)[list(encounter_columns.COLUMNS)]
 
 
 def clean_rows(valid_raw: pd.DataFrame) -> pd.DataFrame:

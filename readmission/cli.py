@@ -116,7 +116,7 @@ def _loadtest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from readmission.registry import train_and_register
+    from readmission.model.gate import train_and_register
 
     print(train_and_register(settings))
     return 0
@@ -130,10 +130,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace, settings: Settings) -> int:
-    from readmission import registry
+    from readmission.model import registry
 
-    actions = {"list": registry.versions_table, "rollback": registry.rollback,
-               "promote": lambda settings: registry.promote(settings, args.version)}  # fmt: skip
+    actions = {
+        "list": registry.versions_table,
+        "rollback": registry.rollback,
+        "promote": lambda settings: registry.set_production(settings, args.version),
+    }
     print(actions[args.action](settings))
     return 0
 
@@ -212,8 +215,17 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from readmission.storage import StorageError
 
     # SchemaError is a ValueError; LookupError is what the data API client raises for an unknown batch.
-    return (ValueError, LookupError, OSError, DatasetError, SourceUnavailable, SourceExhausted, StorageError,
-            SQLAlchemyError, MlflowException)  # fmt: skip
+    return (
+        ValueError,
+        LookupError,
+        OSError,
+        DatasetError,
+        SourceUnavailable,
+        SourceExhausted,
+        StorageError,
+        SQLAlchemyError,
+        MlflowException,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

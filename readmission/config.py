@@ -158,24 +158,6 @@ class Settings(BaseSettings):
     )
     data_api_security_group: str = Field("ec2-data-api", description="Name of the data API's security group.")
 
-    # --- deployment secrets: read by docker-compose.yaml and kubernetes/ (the containers), not by Python;
-    # they go into database URLs, so use only letters, digits and . _ ~ - ----------------------------------
-    mysql_root_password: SecretStr = Field(SecretStr(""), description="MySQL's root (docker-compose, Kubernetes).")
-    mysql_pipeline_password: SecretStr = Field(SecretStr(""), description="MySQL user `pipeline`: raw/clean DBs.")
-    mysql_mlflow_password: SecretStr = Field(SecretStr(""), description="MySQL user `mlflow`: mlflow_db.")
-    mysql_monitor_password: SecretStr = Field(SecretStr(""), description="MySQL user `monitor` (the UI): reads only.")
-    postgres_airflow_password: SecretStr = Field(
-        SecretStr(""), description="PostgreSQL user `airflow`: Airflow's metadata (database `airflow`)."
-    )
-    minio_root_user: str = Field("", description="MinIO's admin, used only to create the buckets and the app user.")
-    minio_root_password: SecretStr = Field(SecretStr(""), description="MinIO admin password (8 characters or more).")
-    aws_access_key_id: str = Field("", description="S3 key of the applications (a MinIO user in the stack).")
-    aws_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret of the applications.")
-    grafana_admin_password: SecretStr = Field(SecretStr(""), description="Grafana user `admin`.")
-    airflow_fernet_key: SecretStr = Field(SecretStr(""), description="Encrypts Airflow connections (Fernet key).")
-    airflow_jwt_secret: SecretStr = Field(SecretStr(""), description="Signs the tokens of Airflow's components.")
-    airflow_api_secret_key: SecretStr = Field(SecretStr(""), description="Signs Airflow's log-server requests.")
-
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
         """Fill store URLs that were left empty with files under `data_dir`."""
@@ -196,6 +178,17 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """Local MLflow artifact root for the embedded store."""
         return self.data_dir.resolve() / "mlartifacts"
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as the environment variables `Settings()` reads back: what a child process is started
+    with (`subprocess` `env=`) so that it runs on these settings. The parent's own environment is not touched."""
+    environment = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        value = value.get_secret_value() if isinstance(value, SecretStr) else value
+        environment[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return environment
 
 
 @lru_cache

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from readmission import schema
+from readmission import encounter_columns
 
 
 class DatasetError(RuntimeError):
@@ -67,7 +67,7 @@ def read_csv_text(source: str | Path | io.IOBase, *, compression: str | None = "
 
 
 def _check_columns(frame: pd.DataFrame, location: str) -> None:
-    missing = [c for c in schema.COLUMNS if c not in frame.columns]
+    missing = [c for c in encounter_columns.COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"{location} is not the UCI diabetes CSV: missing columns {missing}")
 
@@ -78,7 +78,7 @@ def iter_dataset_chunks(location: str, rows: int) -> Iterator[pd.DataFrame]:
     with read_csv_text(stream, compression=compression, chunksize=rows) as reader:
         for chunk in reader:
             _check_columns(chunk, str(location))
-            yield chunk[list(schema.COLUMNS)].reset_index(drop=True)
+            yield chunk[list(encounter_columns.COLUMNS)].reset_index(drop=True)
 
 
 def load_dataset(location: str | Path) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def load_dataset(location: str | Path) -> pd.DataFrame:
     stream, compression = _csv_stream(str(location), _open_bytes(str(location)))
     frame = read_csv_text(stream, compression=compression)
     _check_columns(frame, str(location))
-    return frame[list(schema.COLUMNS)]
+    return frame[list(encounter_columns.COLUMNS)]
 
 
 # --- synthetic data ---------------------------------------------------------------------
@@ -106,7 +106,7 @@ def _icd9_codes(rng: np.random.Generator, n: int, risk: np.ndarray) -> np.ndarra
         ["276", "278", "285", "296", "305", "345", "682", "707", "780", "038"],  # other
         ["V45", "V57", "V58", "V43", "V15"],
         ["E878", "E885", "E888", "E909", "E932"],
-        [schema.MISSING],
+        [encounter_columns.MISSING],
     ]
     base = np.array([0.30, 0.14, 0.09, 0.08, 0.07, 0.05, 0.05, 0.04, 0.20, 0.02, 0.01, 0.02])
     group = np.where(rng.random(n) < 0.25 * risk, 0, rng.choice(len(pools), size=n, p=base / base.sum()))
@@ -128,7 +128,7 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
     outpatient = rng.poisson(0.35, rows)
     age_index = np.clip(rng.normal(6.5, 1.6, rows).round().astype(int), 0, 9)
     stay = np.clip(rng.poisson(4.0, rows), 1, 14)
-    insulin = rng.choice(schema.MEDICATION_STATUSES, size=rows, p=[0.46, 0.30, 0.12, 0.12])
+    insulin = rng.choice(encounter_columns.MEDICATION_STATUSES, size=rows, p=[0.46, 0.30, 0.12, 0.12])
     risk_score = (
         1.0 * np.minimum(inpatient, 4) + 0.5 * np.minimum(emergency, 3) + 0.25 * (age_index - 6)
         + 0.12 * (stay - 4) + 0.8 * np.isin(insulin, ["Up", "Down"]) - 1.0
@@ -144,16 +144,16 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
         {
             "encounter_id": (rng.permutation(rows * 3)[:rows] + 10_000).astype(str),
             "patient_nbr": patient_nbr.astype(str),
-            "race": pick([*schema.RACES, schema.MISSING], [0.74, 0.19, 0.02, 0.01, 0.02, 0.02]),
+            "race": pick([*encounter_columns.RACES, encounter_columns.MISSING], [0.74, 0.19, 0.02, 0.01, 0.02, 0.02]),
             "gender": pick(["Female", "Male", "Unknown/Invalid"], [0.535, 0.4645, 0.0005]),
-            "age": np.asarray(schema.AGE_BRACKETS, dtype=object)[age_index],
-            "weight": pick([schema.MISSING, "[50-75)", "[75-100)", "[100-125)", ">200"], [0.96, 0.01, 0.015, 0.01, 0.005]),
+            "age": np.asarray(encounter_columns.AGE_BRACKETS, dtype=object)[age_index],
+            "weight": pick([encounter_columns.MISSING, "[50-75)", "[75-100)", "[100-125)", ">200"], [0.96, 0.01, 0.015, 0.01, 0.005]),
             "admission_type_id": pick(["1", "2", "3", "5", "6", "8"], [0.53, 0.18, 0.19, 0.05, 0.04, 0.01]),
             "discharge_disposition_id": pick(["1", "3", "6", "18", "2", "22", "11", "25"], [0.6, 0.14, 0.12, 0.04, 0.03, 0.03, 0.02, 0.02]),
             "admission_source_id": pick(["7", "1", "17", "4", "6", "2"], [0.56, 0.29, 0.07, 0.03, 0.03, 0.02]),
             "time_in_hospital": stay.astype(str),
-            "payer_code": pick([schema.MISSING, "MC", "HM", "SP", "BC"], [0.4, 0.32, 0.1, 0.1, 0.08]),
-            "medical_specialty": pick([schema.MISSING, "InternalMedicine", "Emergency/Trauma", "Cardiology", "Hematology"], [0.49, 0.2, 0.15, 0.1, 0.06]),
+            "payer_code": pick([encounter_columns.MISSING, "MC", "HM", "SP", "BC"], [0.4, 0.32, 0.1, 0.1, 0.08]),
+            "medical_specialty": pick([encounter_columns.MISSING, "InternalMedicine", "Emergency/Trauma", "Cardiology", "Hematology"], [0.49, 0.2, 0.15, 0.1, 0.06]),
             "num_lab_procedures": np.clip(rng.normal(43, 19, rows).round(), 1, 132).astype(int).astype(str),
             "num_procedures": rng.integers(0, 7, rows).astype(str),
             "num_medications": np.clip(rng.normal(16, 8, rows).round(), 1, 81).astype(int).astype(str),
@@ -164,16 +164,16 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
             "diag_2": diag[1],
             "diag_3": diag[2],
             "number_diagnoses": np.clip(rng.normal(7.4, 1.9, rows).round(), 1, 16).astype(int).astype(str),
-            "max_glu_serum": pick(schema.MAX_GLU_SERUM_VALUES, [0.95, 0.025, 0.015, 0.01]),
-            "A1Cresult": pick(schema.A1C_VALUES, [0.83, 0.05, 0.04, 0.08]),
-            **{med: pick(schema.MEDICATION_STATUSES, [0.85, 0.13, 0.01, 0.01]) for med in schema.MEDICATIONS},
-            "change": pick(schema.CHANGE_VALUES, [0.54, 0.46]),
-            "diabetesMed": pick(schema.DIABETES_MED_VALUES, [0.23, 0.77]),
+            "max_glu_serum": pick(encounter_columns.MAX_GLU_SERUM_VALUES, [0.95, 0.025, 0.015, 0.01]),
+            "A1Cresult": pick(encounter_columns.A1C_VALUES, [0.83, 0.05, 0.04, 0.08]),
+            **{med: pick(encounter_columns.MEDICATION_STATUSES, [0.85, 0.13, 0.01, 0.01]) for med in encounter_columns.MEDICATIONS},
+            "change": pick(encounter_columns.CHANGE_VALUES, [0.54, 0.46]),
+            "diabetesMed": pick(encounter_columns.DIABETES_MED_VALUES, [0.23, 0.77]),
             "readmitted": readmitted,
         }
     )
     frame["insulin"] = insulin
-    return frame[list(schema.COLUMNS)]
+    return frame[list(encounter_columns.COLUMNS)]
 
 
 def write_synthetic_csv(path: str | Path, rows: int = 3_000, seed: int = 0) -> Path:

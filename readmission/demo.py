@@ -133,12 +133,14 @@ def _mlflow_logs_to(log_path: Path) -> None:
 
 
 def _production_summary(settings: Settings) -> str:
-    from readmission import registry
+    from readmission.model import registry
 
     try:
-        meta = registry.model_metadata(settings=settings)
+        meta = registry.describe_version(settings)
     except Exception as exc:  # noqa: BLE001 - the summary reports, it does not fail the demo
         return f"no production model ({type(exc).__name__}: {exc})"
+    if meta is None:
+        return f"no production model (no version holds {settings.model_uri})"
     metrics = meta.get("metrics", {})
     figures = ", ".join(
         f"{name.removeprefix('test_')} {metrics[name]:.3f}"
@@ -150,7 +152,9 @@ def _production_summary(settings: Settings) -> str:
 
 def run(settings: Settings) -> int:
     """The demo: data API, inference API and UI up -> one DAG run per batch -> the table -> serve until Ctrl-C."""
-    from readmission import pipeline, registry, ui
+    from readmission import local_run, ui
+    from readmission.config import settings_environment
+    from readmission.model import registry
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     processes.stop_on_sigterm()
@@ -172,7 +176,7 @@ def run(settings: Settings) -> int:
         started.append(
             processes.start(
                 [str(processes.BIN_DIR / "readmission"), "serve"],
-                pipeline.settings_environment(settings),
+                settings_environment(settings),
                 "inference_api.log",
                 f"{api_url}/health",
                 settings,
@@ -192,11 +196,13 @@ def run(settings: Settings) -> int:
 
         outcomes = []
         with output_to(logs / "airflow.log") as terminal:
-            for batch in range(1, total + 1):
-                began = time.monotonic()
-                outcome = BatchOutcome.of(batch, pipeline.run_dag_locally(settings, batch), time.monotonic() - began)
+            batches = list(range(1, total + 1))
+            began = time.monotonic()
+            for batch, run in zip(batches, local_run.run_dag_locally(settings, batches), strict=True):
+                outcome = BatchOutcome.of(batch, run, time.monotonic() - began)
                 outcomes.append(outcome)
                 print(outcome.line(total), file=terminal)
+                began = time.monotonic()
         print("\n" + table([outcome.row() for outcome in outcomes]))
         print(f"\nin service: {_production_summary(settings)}")
         print(f"\ninference API {api_url}/docs")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.features import DISCHARGE_LEVELS, INPUT_COLUMNS, CodedEncounters, diagnosis_groups, input_matrix
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ProfileError(ValueError):
 def _text(values: np.ndarray) -> np.ndarray:
     """Values as text, missing ones (None, NaN) as the data set's marker `?`."""
     values = np.asarray(values, dtype=object)
-    return np.where(pd.isna(values), schema.MISSING, values).astype(str).astype(object)
+    return np.where(pd.isna(values), encounter_columns.MISSING, values).astype(str).astype(object)
 
 
 def _numbers(values: np.ndarray) -> np.ndarray:
@@ -190,14 +190,15 @@ def batch_psi(profile: dict[str, Any], rows: pd.DataFrame | np.ndarray) -> dict[
 # --- where profiles live: the model's MLmodel metadata --------------------------------------------------
 
 
-def model_metadata(profile: dict[str, Any]) -> dict[str, Any]:
+def profile_metadata(profile: dict[str, Any]) -> dict[str, Any]:
     """What to pass as `metadata=` to `mlflow.<flavor>.log_model` so the profile travels with the model."""
     return {PROFILE_KEY: checked(profile)}
 
 
 def profile_of_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """The reference profile logged with the model at `model_uri`, or None: a local folder, or a
-    models:/ or runs:/ URI of `tracking_uri` (only its MLmodel file is downloaded)."""
+    """The reference profile logged with the model at `model_uri`, or None: a local folder, or the artifact
+    location of a model of `tracking_uri` (`readmission.model.production.model_files`; only its MLmodel
+    file is downloaded)."""
     import mlflow
     from mlflow.models import Model
 
@@ -206,7 +207,7 @@ def profile_of_model(model_uri: str, tracking_uri: str | None = None) -> dict[st
     else:
         with tempfile.TemporaryDirectory(prefix="mlmodel-") as folder:
             path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/MLmodel", dst_path=folder,
-                                                       tracking_uri=tracking_uri, registry_uri=tracking_uri)  # fmt: skip
+                                                       tracking_uri=tracking_uri)  # fmt: skip
             metadata = Model.load(path).metadata
     profile = (metadata or {}).get(PROFILE_KEY)
     return checked(profile) if profile is not None else None

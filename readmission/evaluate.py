@@ -3,7 +3,7 @@
 The threshold is chosen on the validation split (the one that maximizes F1 there, since the
 positive class is the minority for the 30-day target and accuracy would favour never
 predicting it) and then applied unchanged to the test split. Figures are matplotlib
-`Figure` objects drawn off-screen (Agg), for `mlflow.log_figure`.
+`Figure` objects drawn off-screen (Agg), for `MlflowClient.log_figure`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from readmission import schema
+from readmission import encounter_columns
 
 THRESHOLD_RULE = "maximum F1 on the validation split"
 IMPORTANCE_SAMPLE_ROWS = 2_000
@@ -129,7 +129,7 @@ def group_table(rows: pd.DataFrame, y_true: np.ndarray, probability: np.ndarray,
     tables = []
     for attribute, column in GROUP_ATTRIBUTES.items():
         frame = MetricFrame(metrics={"scores": scores}, y_true=y_true, y_pred=probability,
-                            sensitive_features=rows[column].fillna(schema.MISSING).astype(str).rename(attribute))  # fmt: skip
+                            sensitive_features=rows[column].fillna(encounter_columns.MISSING).astype(str).rename(attribute))  # fmt: skip
         by_group = frame.by_group["scores"]
         table = pd.DataFrame(list(by_group), index=by_group.index).reset_index().rename(columns={attribute: "group"})
         table.insert(0, "attribute", attribute)

@@ -29,12 +29,12 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
 from sklearn.pipeline import Pipeline
 
-from readmission import features, schema
+from readmission import encounter_columns, features
 from readmission.features import CodedEncounters, EncounterFeatures, input_matrix
-from readmission.serving.schemas import MAX_FACTORS
+from readmission.serving.api_models import MAX_FACTORS
 
 SCALE = "log-odds"
-FIELDS = schema.FEATURE_INPUT_COLUMNS
+FIELDS = encounter_columns.FEATURE_INPUT_COLUMNS
 
 
 class NotExplainable(TypeError):

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.validation import CODE_COLUMNS
 
 # Category levels one-hot encoded; anything else (unseen values included) is "other".
-RACE_LEVELS = (*schema.RACES, "missing")
+RACE_LEVELS = (*encounter_columns.RACES, "missing")
 ADMISSION_TYPE_LEVELS = ("1", "2", "3", "5", "6", "8")
 DISCHARGE_LEVELS = {
     "home": ("1",), "short_term_hospital": ("2",), "snf": ("3",), "icf": ("4",),
@@ -30,15 +30,15 @@ DISCHARGE_LEVELS = {
     "rehab": ("22",), "long_term_care": ("23",), "not_mapped": ("25", "26"), "psychiatric": ("28",),
 }  # fmt: skip
 ADMISSION_SOURCE_LEVELS = ("1", "2", "4", "5", "6", "7", "9", "17", "20")
-SPECIALTY_LEVELS = (*schema.MEDICAL_SPECIALTIES, "missing")
+SPECIALTY_LEVELS = (*encounter_columns.MEDICAL_SPECIALTIES, "missing")
 PAYER_LEVELS = ("MC", "HM", "SP", "BC", "MD", "CP", "UN", "CM", "missing")
 
 GLUCOSE_ORDER = {"None": 0, "Norm": 1, ">200": 2, ">300": 3}
 A1C_ORDER = {"None": 0, "Norm": 1, ">7": 2, ">8": 3}
 MEDICATION_ORDER = {"No": 0, "Steady": 1, "Up": 2, "Down": 3}
-AGE_MIDPOINTS = {bracket: 10 * i + 5 for i, bracket in enumerate(schema.AGE_BRACKETS)}
+AGE_MIDPOINTS = {bracket: 10 * i + 5 for i, bracket in enumerate(encounter_columns.AGE_BRACKETS)}
 UNKNOWN_AGE = 65.0  # the data set's median bracket midpoint
-COUNT_COLUMNS = tuple(schema.COUNT_RANGES)
+COUNT_COLUMNS = tuple(encounter_columns.COUNT_RANGES)
 
 # (group, inclusive code ranges) of Strack et al. 2014; 250.xx is matched on its integer part.
 ICD9_RANGES: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
@@ -53,7 +53,7 @@ ICD9_RANGES: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
 )
 
 
-INPUT_COLUMNS = pd.Index(schema.FEATURE_INPUT_COLUMNS)
+INPUT_COLUMNS = pd.Index(encounter_columns.FEATURE_INPUT_COLUMNS)
 COLUMN_BY_COLUMN_ROWS = 1_024  # below this, pandas' per-column overhead costs more than converting to objects
 VISIT_COLUMNS = ("number_outpatient", "number_emergency", "number_inpatient")
 
@@ -78,7 +78,7 @@ class CodedEncounters:
 def input_matrix(X: pd.DataFrame | np.ndarray | CodedEncounters) -> np.ndarray:  # noqa: N803 (sklearn's naming)
     """The input columns as one object matrix (absent columns are all missing).
 
-    A DataFrame is matched by column name; an array must hold `schema.FEATURE_INPUT_COLUMNS` in order.
+    A DataFrame is matched by column name; an array must hold `encounter_columns.FEATURE_INPUT_COLUMNS` in order.
     """
     if isinstance(X, CodedEncounters):
         return X.values[X.codes.T]
@@ -92,14 +92,14 @@ def input_matrix(X: pd.DataFrame | np.ndarray | CodedEncounters) -> np.ndarray: 
 
 def _missing_as_marker(codes: np.ndarray, values) -> tuple[np.ndarray, np.ndarray]:
     """pd.factorize's result with missing cells (code -1) pointing at the missing marker."""
-    values = np.append(np.asarray(values, dtype=object), schema.MISSING)
+    values = np.append(np.asarray(values, dtype=object), encounter_columns.MISSING)
     return np.where(codes < 0, len(values) - 1, codes), values
 
 
 def _column_by_column(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """`_cell_codes` of a frame with typed columns: pandas factorizes (Arrow) strings without Python objects."""
     codes, distinct, offset = [], [], 0
-    for column in schema.FEATURE_INPUT_COLUMNS:
+    for column in encounter_columns.FEATURE_INPUT_COLUMNS:
         column_codes, values = pd.factorize(frame[column]) if column in frame.columns else (np.full(len(frame), -1), [])
         column_codes, values = _missing_as_marker(column_codes, values)
         codes.append(column_codes + offset)
@@ -129,7 +129,7 @@ def _number(values: np.ndarray) -> np.ndarray:
 
 def _code(numbers: np.ndarray) -> np.ndarray:
     """Id numbers (e.g. admission_type_id) as canonical strings: 1, "1" and "1.0" agree."""
-    return np.where(np.isfinite(numbers), np.nan_to_num(numbers).astype(np.int64).astype(str), schema.MISSING)
+    return np.where(np.isfinite(numbers), np.nan_to_num(numbers).astype(np.int64).astype(str), encounter_columns.MISSING)
 
 
 def _icd9_groups(codes: np.ndarray) -> np.ndarray:
@@ -137,7 +137,7 @@ def _icd9_groups(codes: np.ndarray) -> np.ndarray:
     distinct = np.char.upper(np.char.strip(np.asarray(codes, dtype=str).reshape(-1)))
     numeric = pd.to_numeric(distinct, errors="coerce").astype(float)
     first = distinct.astype("<U1")  # the first character
-    conditions = [np.isin(distinct, ["", schema.MISSING]), first == "V", first == "E"]
+    conditions = [np.isin(distinct, ["", encounter_columns.MISSING]), first == "V", first == "E"]
     choices = ["missing", "v_code", "e_code"]
     for group, ranges in ICD9_RANGES:
         conditions.append(np.logical_or.reduce([(numeric >= lo) & (numeric <= hi) for lo, hi in ranges]))
@@ -146,9 +146,9 @@ def _icd9_groups(codes: np.ndarray) -> np.ndarray:
 
 
 def diagnosis_groups(codes: np.ndarray | pd.Series) -> np.ndarray:
-    """The ICD-9 group of each code (see `schema.DIAGNOSIS_GROUPS`), computed once per distinct code."""
+    """The ICD-9 group of each code (see `encounter_columns.DIAGNOSIS_GROUPS`), computed once per distinct code."""
     values = np.asarray(codes, dtype=object)
-    values = np.where(pd.isna(values), schema.MISSING, values)
+    values = np.where(pd.isna(values), encounter_columns.MISSING, values)
     index, uniques = pd.factorize(values)
     return _icd9_groups(uniques)[index] if len(index) else np.array([], dtype=object)
 
@@ -193,7 +193,7 @@ def _levels(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """One level per value, named in snake case; the level "missing" also takes the missing marker `?`."""
     levels = {v.lower().replace("/", "_").replace("-", "_"): (v,) for v in values}
     if "missing" in levels:
-        levels["missing"] += (schema.MISSING,)
+        levels["missing"] += (encounter_columns.MISSING,)
     return levels
 
 
@@ -203,21 +203,21 @@ def _indicator(name: str, members: tuple[str, ...]) -> Encoding:
 
 def _test_result(prefix: str, order: dict[str, int]) -> Encoding:
     """A lab test: its ordinal level, and whether it was taken (any level but "None")."""
-    features = {value: (float(rank), float(value != schema.NOT_TAKEN)) for value, rank in order.items()}
+    features = {value: (float(rank), float(value != encounter_columns.NOT_TAKEN)) for value, rank in order.items()}
     return _lookup((f"{prefix}_level", f"{prefix}_taken"), features, (0.0, 0.0))
 
 
 RACE = _one_hot("race", _levels(RACE_LEVELS))
 GENDER = _lookup(("gender_female", "gender_male"), {"Female": (1.0, 0.0), "Male": (0.0, 1.0)}, (0.0, 0.0))
 AGE = _lookup(("age_years",), {bracket: (float(age),) for bracket, age in AGE_MIDPOINTS.items()}, (UNKNOWN_AGE,))
-WEIGHT = _indicator("weight_recorded", schema.WEIGHT_BRACKETS)
+WEIGHT = _indicator("weight_recorded", encounter_columns.WEIGHT_BRACKETS)
 ADMISSION_TYPE = _one_hot("admission_type", {v: (v,) for v in ADMISSION_TYPE_LEVELS})
 DISCHARGE = _one_hot("discharge", DISCHARGE_LEVELS)
 ADMISSION_SOURCE = _one_hot("admission_source", {v: (v,) for v in ADMISSION_SOURCE_LEVELS})
 SPECIALTY = _one_hot("specialty", _levels(SPECIALTY_LEVELS))
 PAYER = _one_hot("payer", _levels(PAYER_LEVELS))
-DIAGNOSIS_GROUP = _lookup(schema.DIAGNOSIS_GROUPS, {g: tuple(np.eye(len(schema.DIAGNOSIS_GROUPS))[i])
-                          for i, g in enumerate(schema.DIAGNOSIS_GROUPS)}, (0.0,) * len(schema.DIAGNOSIS_GROUPS))  # fmt: skip
+DIAGNOSIS_GROUP = _lookup(encounter_columns.DIAGNOSIS_GROUPS, {g: tuple(np.eye(len(encounter_columns.DIAGNOSIS_GROUPS))[i])
+                          for i, g in enumerate(encounter_columns.DIAGNOSIS_GROUPS)}, (0.0,) * len(encounter_columns.DIAGNOSIS_GROUPS))  # fmt: skip
 GLUCOSE = _test_result("max_glu_serum", GLUCOSE_ORDER)
 A1C = _test_result("a1c", A1C_ORDER)
 MEDICATION_RANK = _lookup(("rank",), {status: (float(rank),) for status, rank in MEDICATION_ORDER.items()}, (0.0,))
@@ -283,7 +283,7 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         row: one hash pass over the cells plus a few array operations, whatever the size.
         """
         codes, distinct = _cell_codes(X)
-        at = dict(zip(schema.FEATURE_INPUT_COLUMNS, codes))  # column -> index of each cell in `distinct`
+        at = dict(zip(encounter_columns.FEATURE_INPUT_COLUMNS, codes))  # column -> index of each cell in `distinct`
         numbers, group_of, lookups = _value_facts(distinct)
 
         def rows(column: str, encoding: Encoding) -> Block:
@@ -294,18 +294,18 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         visits = [counts[:, COUNT_COLUMNS.index(c)] for c in VISIT_COLUMNS]
         group_rows = DIAGNOSIS_GROUP.table[group_of]
         ranks = MEDICATION_RANK.table[lookups[:, LOOKUP_POSITION["medications"]], 0]
-        medications = ranks[np.stack([at[m] for m in schema.MEDICATIONS], axis=1)]
+        medications = ranks[np.stack([at[m] for m in encounter_columns.MEDICATIONS], axis=1)]
         blocks = [
             *(rows(column, encoding) for column, encoding in CATEGORICAL),
             (list(COUNT_COLUMNS), counts),
             (["total_prior_visits"], (visits[0] + visits[1] + visits[2])[:, None]),
             *(
-                ([f"{column}_{g}" for g in schema.DIAGNOSIS_GROUPS], group_rows[at[column]])
-                for column in schema.DIAGNOSIS_COLUMNS
+                ([f"{column}_{g}" for g in encounter_columns.DIAGNOSIS_GROUPS], group_rows[at[column]])
+                for column in encounter_columns.DIAGNOSIS_COLUMNS
             ),  # fmt: skip
             rows("max_glu_serum", GLUCOSE),
             rows("A1Cresult", A1C),
-            ([f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS], medications),
+            ([f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS], medications),
             (
                 ["medications_active", "medications_changed"],
                 np.column_stack([(medications > 0).sum(axis=1), (medications >= 2).sum(axis=1)]).astype(float),
@@ -320,7 +320,7 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """The output columns, the same for every input."""
-        return self.transform(pd.DataFrame(columns=list(schema.FEATURE_INPUT_COLUMNS))).columns.to_numpy(dtype=object)
+        return self.transform(pd.DataFrame(columns=list(encounter_columns.FEATURE_INPUT_COLUMNS))).columns.to_numpy(dtype=object)
 
 
 @lru_cache
@@ -339,9 +339,9 @@ def target(readmitted: pd.Series, kind: str = "any") -> pd.Series:
 # the feature each column makes (one per column, in the same order), and that share from those values.
 DERIVED_FEATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...], object]] = {
     "total_prior_visits": (VISIT_COLUMNS, VISIT_COLUMNS, lambda visits: visits),
-    "medications_active": (schema.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS),
+    "medications_active": (encounter_columns.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
                            lambda ranks: ranks > 0),
-    "medications_changed": (schema.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in schema.MEDICATIONS),
+    "medications_changed": (encounter_columns.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
                             lambda ranks: ranks >= 2),
 }  # fmt: skip
 
@@ -358,10 +358,10 @@ def feature_sources() -> dict[str, tuple[str, ...]]:
         sources |= dict.fromkeys(encoding.names, (column,))
     sources |= {column: (column,) for column in COUNT_COLUMNS}
     sources["total_prior_visits"] = DERIVED_FEATURES["total_prior_visits"][0]
-    for column in schema.DIAGNOSIS_COLUMNS:
-        sources |= {f"{column}_{group}": (column,) for group in schema.DIAGNOSIS_GROUPS}
+    for column in encounter_columns.DIAGNOSIS_COLUMNS:
+        sources |= {f"{column}_{group}": (column,) for group in encounter_columns.DIAGNOSIS_GROUPS}
     sources |= dict.fromkeys(GLUCOSE.names, ("max_glu_serum",)) | dict.fromkeys(A1C.names, ("A1Cresult",))
-    sources |= {f"med_{m.replace('-', '_')}": (m,) for m in schema.MEDICATIONS}
+    sources |= {f"med_{m.replace('-', '_')}": (m,) for m in encounter_columns.MEDICATIONS}
     sources |= {name: DERIVED_FEATURES[name][0] for name in ("medications_active", "medications_changed")}
     sources |= dict.fromkeys(CHANGE.names, ("change",)) | dict.fromkeys(DIABETES_MEDICATION.names, ("diabetesMed",))
     return sources

@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.dataset import load_dataset, synthetic_dataset
-from readmission.serving.schemas import FIELDS
+from readmission.serving.api_models import FIELDS
 
 PREDICT, BATCH = "/predict", "/predict/batch"
 LOCUSTFILE = Path(__file__).resolve().parents[1] / "locust" / "locustfile.py"  # in the checkout
@@ -49,7 +49,7 @@ def encounter_pool(settings: Settings) -> list[bytes]:
         frame = frame.sample(n=min(rows, len(frame)), random_state=settings.random_seed)
     else:
         frame = synthetic_dataset(rows=rows, seed=settings.random_seed)
-    columns = schema.FEATURE_INPUT_COLUMNS
+    columns = encounter_columns.FEATURE_INPUT_COLUMNS
     rows_as_text = frame[list(columns)].to_numpy(dtype=object)  # far faster than to_dict on arrow strings
     return [json.dumps(request_body(dict(zip(columns, row)))).encode() for row in rows_as_text]
 
@@ -232,4 +232,3 @@ def run(settings: Settings, extra_args: Sequence[str] = ()) -> int:
     code = subprocess.run(locust_command(settings, extra_args), check=False).returncode
     print(f"reports in {settings.loadtest_report_dir}/ ({SUMMARY_FILE}, {HTML_FILE}, {CSV_PREFIX}_*.csv)")
     return code
-

@@ -29,12 +29,12 @@ import pandas as pd
 from pydantic import BeforeValidator, ConfigDict, create_model
 from sklearn.pipeline import Pipeline
 
-from readmission import features, schema
+from readmission import encounter_columns, features
 
 PROBABILITY_COLUMN = "readmission_probability"
 PIPELINE_ARTIFACT = "pipeline"
 CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")  # the python_function model class
-INTEGER_COLUMNS = (*features.ID_COLUMNS, *schema.COUNT_RANGES)
+INTEGER_COLUMNS = (*features.ID_COLUMNS, *encounter_columns.COUNT_RANGES)
 
 # The types beyond skops' defaults that our pipelines hold, and why:
 SKOPS_TRUSTED_TYPES: tuple[str, ...] = (
@@ -69,13 +69,13 @@ def _text(value: Any) -> str | None:
 Integer = Annotated[int, BeforeValidator(_integer)]
 Text = Annotated[str | None, BeforeValidator(_text)]
 
-_ROW_FIELDS: dict[str, Any] = {
-    column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None) for column in schema.FEATURE_INPUT_COLUMNS
-}
 EncounterRow = create_model(
     "EncounterRow",
     __config__=ConfigDict(extra="ignore"),  # identifiers and the label may come along, as in the file
-    **_ROW_FIELDS,
+    **{
+        column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None)
+        for column in encounter_columns.FEATURE_INPUT_COLUMNS
+    },
 )
 
 
@@ -123,7 +123,7 @@ def read_pipeline(model_dir: Path | str) -> Pipeline:
 
 def input_example(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as the model's input example: the data set's values, ints for the integer columns, None for missing."""
-    example = rows.loc[:, list(schema.FEATURE_INPUT_COLUMNS)]
+    example = rows.loc[:, list(encounter_columns.FEATURE_INPUT_COLUMNS)]
     return [EncounterRow.model_validate(row).model_dump() for row in example.to_dict(orient="records")]
 
 

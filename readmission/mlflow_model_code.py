@@ -10,7 +10,7 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.mlflow_model import PIPELINE_ARTIFACT, PROBABILITY_COLUMN, EncounterRow, read_skops
 
 
@@ -21,9 +21,10 @@ class ReadmissionModel(PythonModel):
         self.pipeline = read_skops(context.artifacts[PIPELINE_ARTIFACT])
         self.positive = list(self.pipeline.classes_).index(1)
 
-    # MLflow 3 reads the input type from this hint and calls predict without a context.
-    def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:  # type: ignore[override]
-        rows = pd.DataFrame([row.__dict__ for row in model_input], columns=list(schema.FEATURE_INPUT_COLUMNS))
+    def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:
+        rows = pd.DataFrame(
+            [row.__dict__ for row in model_input], columns=list(encounter_columns.FEATURE_INPUT_COLUMNS)
+        )
         return pd.DataFrame({PROBABILITY_COLUMN: self.pipeline.predict_proba(rows)[:, self.positive]})
 
 

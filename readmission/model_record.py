@@ -39,8 +39,11 @@ def batch_record(settings: Settings) -> pd.DataFrame:
             scored = predictions[predictions["batch_number"] == batch.batch_number]
             version = str(scored["model_version"].iloc[0]) if len(scored) else None
             labels = scored["label"].dropna().astype(int)
-            live = (float(roc_auc_score(labels, scored.loc[labels.index, "probability"].astype(float)))
-                    if labels.nunique() == 2 else None)  # fmt: skip
+            live = (
+                float(roc_auc_score(labels, scored.loc[labels.index, "probability"].astype(float)))
+                if labels.nunique() == 2
+                else None
+            )
             psi = {}
             if version is not None:
                 if version not in profiles:
@@ -48,32 +51,56 @@ def batch_record(settings: Settings) -> pd.DataFrame:
                 if (profile := profiles[version]) is not None:
                     psi = drift.batch_psi(profile, storage.read_raw_batch(int(batch.batch_number)))
             top = sorted(psi.items(), key=lambda item: -item[1])[:TOP_DRIFTING]
-            rows.append({"batch": int(batch.batch_number), "received_at": batch.started_at,
-                         "rows_stored": int(batch.rows_stored), "rows_rejected": int(batch.rows_rejected),
-                         "model_version": version, "rows_scored": len(scored), "live_roc_auc": live,
-                         "below_floor": live is not None and live < settings.promotion_min_auc,
-                         "max_psi": max(psi.values()) if psi else None,
-                         "top_drifting": ", ".join(f"{feature} {value:.3f}" for feature, value in top)})  # fmt: skip
+            rows.append(
+                {
+                    "batch": int(batch.batch_number),
+                    "received_at": batch.started_at,
+                    "rows_stored": int(batch.rows_stored),
+                    "rows_rejected": int(batch.rows_rejected),
+                    "model_version": version,
+                    "rows_scored": len(scored),
+                    "live_roc_auc": live,
+                    "below_floor": live is not None and live < settings.promotion_min_auc,
+                    "max_psi": max(psi.values()) if psi else None,
+                    "top_drifting": ", ".join(f"{feature} {value:.3f}" for feature, value in top),
+                }
+            )
     finally:
         storage.dispose()
-    columns = ["batch", "received_at", "rows_stored", "rows_rejected", "model_version", "rows_scored", "live_roc_auc",
-               "below_floor", "max_psi", "top_drifting"]  # fmt: skip
+    columns = [
+        "batch",
+        "received_at",
+        "rows_stored",
+        "rows_rejected",
+        "model_version",
+        "rows_scored",
+        "live_roc_auc",
+        "below_floor",
+        "max_psi",
+        "top_drifting",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def promotions(settings: Settings) -> pd.DataFrame:
     """Every move of `@production` the registry recorded: version, when, how (gate or manual), the version it
     replaced and the gate's reason, oldest first."""
-    from mlflow import MlflowClient  # the UI has mlflow-skinny: the registry's client, not readmission.registry
+    from readmission.model import tags  # the UI has mlflow-skinny: the registry's client, not model.registry
+    from readmission.model.production import registry_client
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
     rows = []
-    for version in client.search_model_versions(f"name = '{settings.model_name}'"):
-        tags = version.tags or {}
-        if "promoted_at" in tags:
-            rows.append({"version": str(version.version), "promoted_at": pd.Timestamp(tags["promoted_at"]),
-                         "promoted_by": tags.get("promoted_by", ""), "replaced": tags.get("previous_champion", ""),
-                         "reason": tags.get("gate.reason", "")})  # fmt: skip
+    for version in registry_client(settings).search_model_versions(f"name = '{settings.model_name}'"):
+        held = version.tags or {}
+        if tags.PROMOTED_AT in held:
+            rows.append(
+                {
+                    "version": str(version.version),
+                    "promoted_at": pd.Timestamp(held[tags.PROMOTED_AT]),
+                    "promoted_by": held.get(tags.PROMOTED_BY, ""),
+                    "replaced": held.get(tags.PREVIOUS_CHAMPION, ""),
+                    "reason": held.get(tags.GATE_REASON, ""),
+                }
+            )
     frame = pd.DataFrame(rows, columns=["version", "promoted_at", "promoted_by", "replaced", "reason"])
     return frame.sort_values("promoted_at", ignore_index=True)
 
@@ -81,7 +108,10 @@ def promotions(settings: Settings) -> pd.DataFrame:
 def _profile(settings: Settings, version: str) -> dict | None:
     """The training profile logged with `version`, or None (none logged, or MLflow unreachable: no drift shown)."""
     try:
-        return drift.profile_of_model(f"models:/{settings.model_name}/{version}", settings.mlflow_tracking_uri)
+        from readmission.model.production import model_files
+
+        files = model_files(f"models:/{settings.model_name}/{version}", settings)
+        return drift.profile_of_model(files, settings.mlflow_tracking_uri)
     except Exception as exc:  # noqa: BLE001 - the rest of the record is still worth showing
         log.warning("the training profile of version %s could not be read: %s: %s", version, type(exc).__name__, exc)
         return None

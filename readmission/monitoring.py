@@ -29,14 +29,22 @@ JOB = "diabetes_pipeline"
 PUSH_TIMEOUT_SECONDS = 10.0
 DECISIONS = ("promoted", "kept_as_challenger", "refused", "no_new_model")
 # (metric, task, key of the task's dict): the row counts of a run.
-ROWS = (("fetched", "fetch_batch", "rows_fetched"), ("stored", "store_clean", "rows_stored"),
-        ("rejected", "store_clean", "rows_rejected"), ("scored", "score_batch", "rows_scored"))  # fmt: skip
+ROWS = (
+    ("fetched", "fetch_batch", "rows_fetched"),
+    ("stored", "store_clean", "rows_stored"),
+    ("rejected", "store_clean", "rows_rejected"),
+    ("scored", "score_batch", "rows_scored"),
+)
 # (metric, task, key, help): single figures of a run, left out when the run has none (e.g. nothing to score).
 FIGURES = (
     ("batch_number", "fetch_batch", "batch", "Number of the batch the last successful run processed."),
     ("batches_available", "fetch_batch", "total_batches", "Batches the data API serves in all."),
-    ("live_roc_auc", "score_batch", "live_roc_auc", "ROC-AUC of the production model on the new batch, before "
-     "training on it."),
+    (
+        "live_roc_auc",
+        "score_batch",
+        "live_roc_auc",
+        "ROC-AUC of the production model on the new batch, before training on it.",
+    ),
     ("live_accuracy", "score_batch", "live_accuracy", "Accuracy of the production model on the new batch."),
     ("training_seconds", "train", "training_seconds", "Time to train the candidates and evaluate the best one."),
     ("training_rows", "train", "training_rows", "Rows of the train split the new model was trained on."),
@@ -48,8 +56,12 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def run_registry(figures: dict[str, dict], psi: dict[str, float] | None = None,
-                 production: dict[str, float] | None = None, finished: float | None = None) -> CollectorRegistry:
+def run_registry(
+    figures: dict[str, dict],
+    psi: dict[str, float] | None = None,
+    production: dict[str, float] | None = None,
+    finished: float | None = None,
+) -> CollectorRegistry:
     """The metrics of one successful run, in a registry of their own.
 
     `figures` maps task ids to the dicts the tasks returned; `psi` is the batch's drift by
@@ -60,8 +72,9 @@ def run_registry(figures: dict[str, dict], psi: dict[str, float] | None = None,
     def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(f"{JOB}_{name}", documentation, labels, registry=registry)
 
-    Gauge(f"{JOB}_last_success_timestamp_seconds", "When the last successful run finished (Unix time).",
-          registry=registry).set(finished or time.time())  # fmt: skip
+    Gauge(
+        f"{JOB}_last_success_timestamp_seconds", "When the last successful run finished (Unix time).", registry=registry
+    ).set(finished or time.time())
     for name, task, key, documentation in FIGURES:
         if (value := _number(figures.get(task, {}).get(key))) is not None:
             gauge(name, documentation).set(value)
@@ -75,15 +88,18 @@ def run_registry(figures: dict[str, dict], psi: dict[str, float] | None = None,
             durations.labels(task).set(seconds)
     _promotion(gauge, figures.get("promote", {}))
     if psi:
-        drifts = gauge("feature_psi", "PSI of the batch against the scoring model's training data, by feature.",
-                       ("feature",))  # fmt: skip
+        drifts = gauge(
+            "feature_psi", "PSI of the batch against the scoring model's training data, by feature.", ("feature",)
+        )
         for feature, value in psi.items():
             drifts.labels(feature).set(value)
     if production:
         gauge("production_model_version", "Version of the model holding the production alias.").set(
-            production["version"])
+            production["version"]
+        )
         gauge("production_model_created_timestamp_seconds", "When the production version was registered.").set(
-            production["created"])
+            production["created"]
+        )
     return registry
 
 
@@ -91,8 +107,9 @@ def _promotion(gauge, promoted: dict) -> None:
     """The gate's decision (1 for the run's, 0 for the others) and the two scores it compared."""
     if not promoted.get("decision"):
         return
-    decisions = gauge("promotion_decision", "1 for the promotion gate's decision of the last run, 0 otherwise.",
-                      ("decision",))  # fmt: skip
+    decisions = gauge(
+        "promotion_decision", "1 for the promotion gate's decision of the last run, 0 otherwise.", ("decision",)
+    )
     for decision in dict.fromkeys((*DECISIONS, promoted["decision"])):
         decisions.labels(decision).set(float(decision == promoted["decision"]))
     scores = gauge("gate_roc_auc", "ROC-AUC of the challenger and of the champion on the same test split.", ("model",))
@@ -101,8 +118,12 @@ def _promotion(gauge, promoted: dict) -> None:
             scores.labels(model).set(value)
 
 
-def push_run_metrics(settings: Settings, figures: dict[str, dict], psi: dict[str, float] | None = None,
-                     production: dict[str, float] | None = None) -> bool:  # fmt: skip
+def push_run_metrics(
+    settings: Settings,
+    figures: dict[str, dict],
+    psi: dict[str, float] | None = None,
+    production: dict[str, float] | None = None,
+) -> bool:
     """Push one run's metrics to `settings.pushgateway_url` (replacing the previous run's); False when
     disabled or refused (logged, never raised)."""
     registry = run_registry(figures, psi, production)
@@ -121,9 +142,11 @@ def push_run_metrics(settings: Settings, figures: dict[str, dict], psi: dict[str
 def batch_drift(settings: Settings, batch: int, model_version: str) -> dict[str, float]:
     """PSI by feature of every row the batch brought (`diabetes_raw`) against the training profile logged
     with `model_version`; empty when that version carries no profile."""
+    from readmission.model.production import model_files
     from readmission.storage import Storage
 
-    profile = drift.profile_of_model(f"models:/{settings.model_name}/{model_version}", settings.mlflow_tracking_uri)
+    files = model_files(f"models:/{settings.model_name}/{model_version}", settings)
+    profile = drift.profile_of_model(files, settings.mlflow_tracking_uri)
     if profile is None:
         log.info("version %s was logged without a reference profile: no drift for batch %d", model_version, batch)
         return {}
@@ -136,11 +159,12 @@ def batch_drift(settings: Settings, batch: int, model_version: str) -> dict[str,
 
 
 def production_model(settings: Settings) -> dict[str, float]:
-    """The version holding `@production` and when it was registered (Unix seconds)."""
-    from mlflow import MlflowClient
+    """The version holding `@production` and when it was registered (Unix seconds); empty when none does yet."""
+    from readmission.model.production import production_version
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
-    version = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
+    version = production_version(settings)
+    if version is None:
+        return {}
     return {"version": float(version.version), "created": version.creation_timestamp / 1000}
 
 

@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cache, wraps
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import requests
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
-from mlflow.exceptions import MlflowException
 from sqlalchemy.engine import make_url
 
-from readmission import batch_store, evaluate, features, ingest, registry, schema, sources
+from readmission import batch_store, encounter_columns, evaluate, features, ingest, sources
 from readmission import train as training
 from readmission.config import Settings
+from readmission.model import gate, registry, tags
+from readmission.model.production import registry_client
 from readmission.storage import Storage
 from readmission.validation import SchemaError
 
@@ -109,14 +108,6 @@ def run_settings(settings: Settings, raw_db_uri: str | None = None, clean_db_uri
     return settings.model_copy(update=update)
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The settings as the environment variables `Settings()` reads back, for processes run on them."""
-    environment = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        environment[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    return environment
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -222,18 +213,8 @@ def _figure(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 6)
 
 
-def _production(settings: Settings) -> dict | None:
-    """The metadata of the `@production` version (see `registry.model_metadata`), or None when there is none yet."""
-    try:
-        return registry.model_metadata(f"models:/{settings.model_name}@{settings.model_alias}", settings)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-
-
 def _trained_batches(version: dict) -> set[int]:
-    return {int(b) for b in version["tags"].get("lineage.batches", "").split(",") if b}
+    return {int(b) for b in version["tags"].get(tags.LINEAGE_BATCHES, "").split(",") if b}
 
 
 @_timed
@@ -244,7 +225,7 @@ def score_batch(settings: Settings, batch: int) -> dict:
     accuracy on this unseen batch. Skipped (and said so) when there is no production model yet,
     or when it was trained on this batch already (a re-run): that would be no out-of-time check.
     """
-    production = _production(settings)
+    production = registry.describe_production(settings)
     unscored = {"batch": batch, "model_version": None, "rows_scored": 0, "live_roc_auc": None, "live_accuracy": None}
     if production is None:
         log.info("batch %d: no @%s model yet, nothing to score", batch, settings.model_alias)
@@ -254,11 +235,11 @@ def score_batch(settings: Settings, batch: int) -> dict:
         log.info("batch %d: @%s version %s was trained on it, so it is not scored again", batch, settings.model_alias,
                  version)  # fmt: skip
         return unscored | {"model_version": version}
-    model = registry.load_pipeline(f"models:/{settings.model_name}/{version}", settings)
+    model = registry.load_pipeline(settings, f"models:/{settings.model_name}/{version}")
     threshold = production["metrics"].get("decision_threshold", 0.5)
     with _storage(settings) as storage:
         rows = storage.read_clean_batch(batch)
-        labels = features.target(rows[schema.TARGET_COLUMN], settings.target).to_numpy()
+        labels = features.target(rows[encounter_columns.TARGET_COLUMN], settings.target).to_numpy()
         probability = evaluate.positive_probability(model, rows)
         predictions = pd.DataFrame({"encounter_id": rows["encounter_id"].astype("int64"), "probability": probability,
                                     "prediction": (probability >= threshold).astype(int), "label": labels})  # fmt: skip
@@ -268,15 +249,6 @@ def score_batch(settings: Settings, batch: int) -> dict:
              settings.model_alias, version, live["roc_auc"], live["accuracy"], stored)  # fmt: skip
     return {"batch": batch, "model_version": version, "rows_scored": stored,
             "live_roc_auc": _figure(live["roc_auc"]), "live_accuracy": _figure(live["accuracy"])}  # fmt: skip
-
-
-def _version_trained_on(settings: Settings, batches: list[int], train_fingerprint: str) -> str | None:
-    """The registered version trained on exactly these batches and train rows for this target, if any."""
-    wanted = {"lineage.batches": ",".join(map(str, batches)), "lineage.training_data_sha256": train_fingerprint,
-              "target": settings.target}  # fmt: skip
-    versions = registry.client(settings).search_model_versions(f"name = '{settings.model_name}'")
-    matches = [v for v in versions if all((v.tags or {}).get(key) == value for key, value in wanted.items())]
-    return str(max(int(v.version) for v in matches)) if matches else None
 
 
 def _import_model_logging() -> None:
@@ -298,11 +270,11 @@ def train(settings: Settings, batch: int) -> dict:
     with _storage(settings) as storage:
         frame = storage.labelled_encounters()
     batches = sorted(int(b) for b in frame["batch_number"].unique())
-    existing = _version_trained_on(settings, batches, training.fingerprint(frame[frame["split"] == "train"]))
+    existing = registry.version_trained_on(settings, batches, training.fingerprint(frame[frame["split"] == "train"]))
     if existing and not settings.force_retrain:
         log.info("batches %s were trained on already (version %s): not training again", batches, existing)
         return {"batch": batch, "trained": False, "version": existing, "batches": batches}
-    result = training.train(frame, settings)
+    result = training.train_model(frame, settings)
     version = registry.log_training(result, settings)
     metrics = result.evaluation.metrics
     return {"batch": batch, "trained": True, "version": str(version.version), "run_id": version.run_id,
@@ -315,28 +287,36 @@ def train(settings: Settings, batch: int) -> dict:
 def register(settings: Settings, trained: dict) -> dict:
     """Check the trained model's version is registered and ready (a retry waits for a pending one), and tag it
     with the batch whose run made it."""
-    client = registry.client(settings)
+    client = registry_client(settings)
     version = client.get_model_version(settings.model_name, trained["version"])
     if version.status != READY:
         raise RuntimeError(f"{settings.model_name} version {version.version} is {version.status}, not {READY}")
     if trained["trained"]:
-        client.set_model_version_tag(settings.model_name, str(version.version), "pipeline.batch", str(trained["batch"]))
+        client.set_model_version_tag(
+            settings.model_name, str(version.version), tags.PIPELINE_BATCH, str(trained["batch"])
+        )
     return {"batch": trained["batch"], "version": str(version.version), "new_version": trained["trained"]}
 
 
 @_timed
 def promote(settings: Settings, registered: dict) -> dict:
-    """Run the promotion gate (`registry.run_gate`) for a new version on the current test split."""
+    """Run the promotion gate (`readmission.model.gate.run_gate`) for a new version on the current test split."""
     batch, version = registered["batch"], registered["version"]
     if not registered["new_version"]:
         log.info("no new model this run: @%s stays where it is", settings.model_alias)
         return {"batch": batch, "version": version, "decision": "no_new_model", "promoted": False}
     with _storage(settings) as storage:
         test_rows = storage.labelled_encounters(["test"])
-    gate = registry.run_gate(settings, version, test_rows)
-    return {"batch": batch, "version": version, "decision": gate.decision, "promoted": gate.promoted,
-            "challenger_roc_auc": _figure(gate.challenger_auc), "champion_roc_auc": _figure(gate.champion_auc),
-            "champion_version": gate.champion_version}  # fmt: skip
+    decision = gate.run_gate(settings, version, test_rows)
+    return {
+        "batch": batch,
+        "version": version,
+        "decision": decision.decision,
+        "promoted": decision.promoted,
+        "challenger_roc_auc": _figure(decision.challenger_auc),
+        "champion_roc_auc": _figure(decision.champion_auc),
+        "champion_version": decision.champion_version,
+    }
 
 
 @_timed
@@ -356,69 +336,3 @@ def notify_serving(settings: Settings, promoted: dict) -> dict:
         return {"batch": promoted["batch"], "notified": False}
     log.info("the inference service at %s reloaded its model", settings.serving_url)
     return {"batch": promoted["batch"], "notified": True}
-
-
-# --- running the DAG locally through Airflow --------------------------------------------------------
-
-
-def airflow_environment(settings: Settings) -> dict[str, str]:
-    """Airflow's configuration for local runs: AIRFLOW_HOME and a SQLite metadata DB under DATA_DIR."""
-    home = settings.data_dir.resolve() / "airflow"
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-    }
-
-
-def load_dag():
-    """The `diabetes_pipeline` DAG parsed from the dags folder; ImportError naming the problem if it does not parse."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=DAGS_FOLDER)
-    if DAG_ID not in bag.dags:
-        raise ImportError(f"{DAG_ID} not found in {DAGS_FOLDER}: {bag.import_errors}")
-    return bag.dags[DAG_ID]
-
-
-@dataclass(frozen=True)
-class LocalRun:
-    """One run of the DAG through `dag.test()`: each task's final state, and what the tasks returned."""
-
-    states: dict[str, str]  # task id -> `success`, `skipped`, `failed`, ..., in the order the tasks run
-    results: dict[str, Any]  # task id -> its XCom return value, for the tasks that returned one
-
-
-def run_dag_locally(settings: Settings, batch: int | None = None, force_retrain: bool = False) -> LocalRun:
-    """Run `diabetes_pipeline` once through Airflow itself (`dag.test()`), for `make demo`.
-
-    The metadata DB is SQLite under `<data_dir>/airflow`, migrated on first use. The tasks run in
-    this process on `settings` (exported to the environment, which they read). Airflow reads its own
-    configuration when first imported, so call this before anything else imports airflow.
-    """
-    os.environ.update({**settings_environment(settings), **airflow_environment(settings)})
-    _migrate_airflow_db(os.environ["AIRFLOW_HOME"])
-    dag = load_dag()
-    run = dag.test(run_conf={"batch": batch, "force_retrain": force_retrain})
-    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    return LocalRun({task.task_id: states[task.task_id] for task in dag.topological_sort()}, _results(run.run_id))
-
-
-def _results(run_id: str) -> dict[str, Any]:
-    """What each task of the run returned, read back from Airflow's metadata DB."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value")).all()
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
-
-
-@cache
-def _migrate_airflow_db(airflow_home: str) -> None:
-    """Create or upgrade Airflow's metadata DB (what `airflow db migrate` does), once per process."""
-    Path(airflow_home).mkdir(parents=True, exist_ok=True)
-    from airflow.utils import db
-
-    db.initdb()

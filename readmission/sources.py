@@ -11,7 +11,7 @@ import msgspec
 import pandas as pd
 import requests
 
-from readmission import schema
+from readmission import encounter_columns
 
 
 class SourceUnavailable(RuntimeError):
@@ -54,7 +54,7 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
     Columns beyond the 50 source columns are kept so validation can name them.
     """
     if not rows:
-        return pd.DataFrame(columns=list(schema.COLUMNS), dtype=object)
+        return pd.DataFrame(columns=list(encounter_columns.COLUMNS), dtype=object)
     return pd.DataFrame(rows, dtype=object)
 
 

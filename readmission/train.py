@@ -40,10 +40,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from readmission import drift, schema
+from readmission import drift, encounter_columns
 from readmission.config import Settings
 from readmission.evaluate import Evaluation, evaluate, positive_probability
 from readmission.features import EncounterFeatures, target
+from readmission.model import tags
 from readmission.split import SPLITS
 
 PACKAGE = "readmission"
@@ -114,11 +115,11 @@ class Lineage:
     def tags(self) -> dict[str, str]:
         """The lineage as MLflow tags (strings)."""
         return {
-            "lineage.batches": ",".join(map(str, self.batches)),
-            **{f"lineage.{split}_rows": str(count) for split, count in self.rows.items()},
-            "lineage.training_data_sha256": self.fingerprint,
-            "lineage.package_version": self.package_version,
-            "lineage.git_commit": self.git_commit,
+            tags.LINEAGE_BATCHES: ",".join(map(str, self.batches)),
+            **{tags.lineage_rows(split): str(count) for split, count in self.rows.items()},
+            tags.LINEAGE_TRAINING_DATA_SHA256: self.fingerprint,
+            tags.LINEAGE_PACKAGE_VERSION: self.package_version,
+            tags.LINEAGE_GIT_COMMIT: self.git_commit,
         }
 
 
@@ -159,13 +160,13 @@ def default_candidates(seed: int) -> list[Candidate]:
 
 def labelled_splits(frame: pd.DataFrame, kind: str) -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
     """(raw rows, labels) of each split of a labelled-encounters frame; ValueError naming what is missing."""
-    missing = [c for c in (*schema.COLUMNS, "split") if c not in frame.columns]
+    missing = [c for c in (*encounter_columns.COLUMNS, "split") if c not in frame.columns]
     if missing:
         raise ValueError(f"the training frame lacks columns {missing}")
     splits = {}
     for split in SPLITS:
         rows = frame[frame["split"] == split].reset_index(drop=True)
-        labels = target(rows[schema.TARGET_COLUMN], kind).to_numpy()
+        labels = target(rows[encounter_columns.TARGET_COLUMN], kind).to_numpy()
         if len(np.unique(labels)) < 2:
             raise ValueError(f"the {split} split needs both classes of the {kind!r} target to train and evaluate, "
                              f"it has {len(rows)} rows with labels {sorted(set(labels.tolist()))}")  # fmt: skip
@@ -196,7 +197,7 @@ def fit_candidates(candidates: Sequence[Candidate], train: tuple[pd.DataFrame, n
 
 def fingerprint(frame: pd.DataFrame) -> str:
     """SHA-256 of rows' 50 source columns, as text, in encounter order: the same rows give the same digest."""
-    text = frame[list(schema.COLUMNS)].astype(object)  # hashed as they are: no conversion to pandas strings
+    text = frame[list(encounter_columns.COLUMNS)].astype(object)  # hashed as they are: no conversion to pandas strings
     ordered = text.iloc[np.argsort(pd.to_numeric(text["encounter_id"], errors="coerce").to_numpy(), kind="stable")]
     return hashlib.sha256(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes()).hexdigest()
 
@@ -226,7 +227,7 @@ def lineage(frame: pd.DataFrame, splits: dict[str, tuple[pd.DataFrame, np.ndarra
                    git_commit=git_commit())  # fmt: skip
 
 
-def train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None,
+def train_model(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None,
           figures: bool = True) -> TrainingResult:  # fmt: skip
     """Fit every candidate on the train split, keep the best on validation, evaluate it on validation and test.
 
@@ -273,7 +274,7 @@ def _train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candida
             model, {k: splits[k] for k in ("validation", "test")}, figures=figures, seed=settings.random_seed
         ),
         lineage=trained_on,
-        input_example=splits["train"][0].loc[: INPUT_EXAMPLE_ROWS - 1, list(schema.FEATURE_INPUT_COLUMNS)],
+        input_example=splits["train"][0].loc[: INPUT_EXAMPLE_ROWS - 1, list(encounter_columns.FEATURE_INPUT_COLUMNS)],
         seconds=time.perf_counter() - started,
         reference_profile=profile,
     )

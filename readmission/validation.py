@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 
 ID_PATTERN = r"[0-9]{1,18}"  # a whole number that fits a BIGINT, written in digits
-# Ids into the data set's code tables (schema.ADMISSION_TYPES, ...); any whole number that fits an INTEGER is
+# Ids into the data set's code tables (encounter_columns.ADMISSION_TYPES, ...); any whole number that fits an INTEGER is
 # accepted (an unknown code is a level of its own for the features), anything else quarantines the row.
 CODE_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
 MAX_CODE = 2**31 - 1
@@ -30,8 +30,8 @@ class SchemaError(ValueError):
 def validate_columns(frame: pd.DataFrame) -> None:
     """Raise SchemaError unless `frame` has exactly the data set's 50 source columns (any order)."""
     columns = [str(c) for c in frame.columns]
-    missing = [c for c in schema.COLUMNS if c not in columns]
-    unexpected = [c for c in columns if c not in schema.COLUMNS]
+    missing = [c for c in encounter_columns.COLUMNS if c not in columns]
+    unexpected = [c for c in columns if c not in encounter_columns.COLUMNS]
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     problems = [
         f"missing columns {missing}" if missing else "",
@@ -109,13 +109,13 @@ def row_problems(frame: pd.DataFrame) -> pd.Series:
     for column in CODE_COLUMNS:
         code = whole_numbers(frame[column]).between(0, MAX_CODE)
         reasons.add(~code, f"{column} must be a whole number code, got ", frame[column])
-    for column, (low, high) in schema.COUNT_RANGES.items():
+    for column, (low, high) in encounter_columns.COUNT_RANGES.items():
         plausible = whole_numbers(frame[column]).between(low, high)
         reasons.add(~plausible, f"{column} must be a whole number from {low} to {high}, got ", frame[column])
-    allowed = ", ".join(f"'{v}'" for v in schema.TARGET_VALUES)
-    target = frame[schema.TARGET_COLUMN]
+    allowed = ", ".join(f"'{v}'" for v in encounter_columns.TARGET_VALUES)
+    target = frame[encounter_columns.TARGET_COLUMN]
     reasons.add(
-        ~as_text(target).isin(schema.TARGET_VALUES), f"{schema.TARGET_COLUMN} must be one of {allowed}, got ", target
+        ~as_text(target).isin(encounter_columns.TARGET_VALUES), f"{encounter_columns.TARGET_COLUMN} must be one of {allowed}, got ", target
     )
     return reasons.text
 

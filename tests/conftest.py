@@ -134,7 +134,7 @@ def airflow_home(tmp_path_factory) -> Path:
     Airflow reads its configuration once, when first imported: tests import airflow only
     through fixtures that depend on this one.
     """
-    from readmission.pipeline import airflow_environment
+    from readmission.local_run import airflow_environment
 
     environment = airflow_environment(Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("airflow")))
     with pytest.MonkeyPatch.context() as patch:
@@ -246,24 +246,56 @@ def mlflow_server(mariadb, s3_server, tmp_path_factory) -> TrackingServer:
     bucket = "mlflow-artifacts"
     s3_server.client().create_bucket(Bucket=bucket)
     backend = create_database(mariadb, "mlflow_server_db")
-    server, url = start_mlflow_image(backend, f"s3://{bucket}/artifacts", s3_server.url, tmp_path_factory.mktemp("mlflow"))
+    server, url = start_mlflow_image(
+        backend, f"s3://{bucket}/artifacts", s3_server.url, tmp_path_factory.mktemp("mlflow")
+    )
     yield TrackingServer(url, s3_server, bucket, backend)
     server.stop()
 
 
-_PRISTINE_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+@pytest.fixture(scope="session")
+def good_model():
+    """A small model of the synthetic data's planted signal (`factories.model_encounters`), with its figures."""
+    from readmission.train import train_model
+    from tests.factories import model_encounters, small_boosting
+
+    return train_model(model_encounters(), Settings(_env_file=None), small_boosting(), figures=True)
 
 
-@pytest.fixture(autouse=True)
-def _restore_mlflow_tracking_uri():
-    """`mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI to the environment, even from module or
-    session fixtures: put back the value the session started with after each test, so a later
-    `Settings()` never reads another test's MLflow store."""
-    yield
-    if _PRISTINE_TRACKING_URI is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = _PRISTINE_TRACKING_URI
+@pytest.fixture(scope="session")
+def plain_model(good_model):
+    """`good_model` without its figures: quicker to log, where the figures are not the point."""
+    import dataclasses
+
+    return dataclasses.replace(good_model, evaluation=dataclasses.replace(good_model.evaluation, figures={}))
+
+
+@pytest.fixture(scope="session")
+def chance_model():
+    """The same model trained on shuffled labels: it ranks test rows at chance."""
+    import numpy as np
+
+    from readmission.train import train_model
+    from tests.factories import model_encounters, small_boosting
+
+    shuffled = model_encounters().copy()
+    in_train = shuffled["split"] == "train"
+    shuffled.loc[in_train, "readmitted"] = np.random.default_rng(0).permutation(shuffled.loc[in_train, "readmitted"])
+    return train_model(shuffled, Settings(_env_file=None), small_boosting(), figures=False)
+
+
+@pytest.fixture
+def on_server(make_settings, mlflow_server):
+    """Settings on the session's MLflow server, with a model name and an experiment of this test's own."""
+    import uuid
+
+    def factory(**overrides) -> Settings:
+        name = f"readmission-{uuid.uuid4().hex[:10]}"
+        return make_settings(
+            mlflow_tracking_uri=mlflow_server.url, model_name=name, mlflow_experiment=name, **overrides
+        )
+
+    return factory
 
 
 @pytest.fixture

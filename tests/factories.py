@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pandas as pd
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.dataset import synthetic_dataset
 
 
@@ -27,7 +29,7 @@ def encounter(**overrides) -> dict[str, str]:
         "num_lab_procedures": "41", "num_procedures": "1", "num_medications": "12", "number_outpatient": "1",
         "number_emergency": "0", "number_inpatient": "2", "diag_1": "428", "diag_2": "250.01", "diag_3": "V45",
         "number_diagnoses": "9", "max_glu_serum": "None", "A1Cresult": "None",
-        **dict.fromkeys(schema.MEDICATIONS, "No"),
+        **dict.fromkeys(encounter_columns.MEDICATIONS, "No"),
         "insulin": "Up", "metformin": "Steady", "change": "Ch", "diabetesMed": "Yes", "readmitted": "NO",
     }  # fmt: skip
     unknown = set(overrides) - set(row)
@@ -55,16 +57,16 @@ def register_model(settings, seed: int = 0, trees: int = 30, promote: bool = Tru
     is False; the new version."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from readmission import registry
-    from readmission.train import Candidate, train
+    from readmission.model import registry
+    from readmission.train import Candidate, train_model
 
     classifier = GradientBoostingClassifier(n_estimators=trees, max_depth=2, random_state=seed)
-    result = train(
+    result = train_model(
         labelled_encounters(seed=seed), settings, [Candidate("gradient_boosting", classifier)], figures=figures
     )
     version = str(registry.log_training(result, settings).version)
     if promote:
-        registry.promote(settings, version)
+        registry.set_production(settings, version)
     return version
 
 
@@ -73,12 +75,13 @@ def monitored_store(settings, version: str, rows: int = 400) -> None:
     batch 1 came before any model (not scored), batch 2 was scored by `version`, and batch 3 too, but on it the
     model ranks patients backwards (its outcomes are the reverse of what the model learnt): live ROC-AUC well
     below the floor."""
-    from readmission import evaluate, ingest, registry
+    from readmission import evaluate, ingest
     from readmission.features import target
+    from readmission.model import registry
     from readmission.sources import Batch
     from readmission.storage import Storage
 
-    model = registry.load_pipeline(f"models:/{settings.model_name}/{version}", settings)
+    model = registry.load_pipeline(settings, f"models:/{settings.model_name}/{version}")
     storage = Storage.from_settings(settings)
     try:
         storage.create_schema()
@@ -218,3 +221,61 @@ def old_layout_clean_table(storage) -> None:
             )
         )
         conn.execute(sa.text("INSERT INTO diabetes_clean VALUES (1.0, 1, 1000, 5, 'train', 1)"))
+
+
+# --- registered models (tests of readmission.model) ---------------------------------------------------------
+
+MODEL_TREES = {"n_estimators": 30, "max_depth": 2, "random_state": 0}
+
+
+@cache
+def model_encounters() -> pd.DataFrame:
+    """4,000 labelled synthetic encounters the registry and gate tests train and score on (do not modify)."""
+    return labelled_encounters(rows=4_000, seed=21)
+
+
+def model_test_rows() -> pd.DataFrame:
+    """The test split of `model_encounters`: the rows the gate scores."""
+    encounters = model_encounters()
+    return encounters[encounters["split"] == "test"].reset_index(drop=True)
+
+
+def small_boosting() -> list:
+    """One small GradientBoosting candidate: quick to fit, good enough to beat chance."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from readmission.train import Candidate
+
+    return [Candidate("gradient_boosting", GradientBoostingClassifier(**MODEL_TREES))]
+
+
+def log_version(result, settings) -> str:
+    """Log and register `result`; its version number as text (the stores differ: int or str)."""
+    from readmission.model import registry
+
+    return str(registry.log_training(result, settings).version)
+
+
+def version_tags(settings, version: str) -> dict[str, str]:
+    from readmission.model.production import registry_client
+
+    return registry_client(settings).get_model_version(settings.model_name, version).tags
+
+
+def aliases(settings) -> dict[str, str]:
+    """alias -> version of the registered model."""
+    from readmission.model.production import registry_client
+
+    model = registry_client(settings).get_registered_model(settings.model_name)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def model_keys(settings, version: str, mlflow_server) -> list[str]:
+    """The S3 keys of a registered version's model artifacts (its source: <artifact root>/<exp>/models/<model id>/...)."""
+    import re
+
+    from readmission.model.production import registry_client
+
+    source = registry_client(settings).get_model_version(settings.model_name, version).source
+    model_id = re.search(r"/models/(m-[0-9a-f]+)/", source)[1]
+    return mlflow_server.s3.keys(mlflow_server.bucket, containing=f"/{model_id}/")

@@ -227,7 +227,7 @@ def start_airflow(settings, metadata_db: str, connections: dict[str, str], log_p
     """`readmission airflow` (what `make airflow` runs) on `settings`, with `metadata_db` as Airflow's metadata
     database and `connections` (conn id -> SQLAlchemy MySQL URL) as Airflow connections; the process, and the
     REST API signed in with the login the command printed."""
-    from readmission.pipeline import settings_environment
+    from readmission.config import settings_environment
 
     environment = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
     environment |= settings_environment(settings)

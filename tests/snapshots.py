@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 
-from readmission.registry import client as registry_client
+from readmission.model.production import registry_client
 
 QUERIES = {
     "diabetes_raw": ("raw", "SELECT * FROM diabetes_raw ORDER BY encounter_id"),

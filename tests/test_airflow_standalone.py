@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from readmission import pipeline
-from readmission.config import Settings
+from readmission import local_run, pipeline
+from readmission.config import Settings, settings_environment
 from tests.servers import AirflowAPI, PostgreSQL, free_port, listening, start_airflow, start_data_api, wait_until
 from tests.snapshots import assert_same, snapshot
 
@@ -83,9 +83,9 @@ def reference(airflow_db, mariadb, data_api, tmp_path_factory):
         **RUN_SETTINGS,
     )
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in pipeline.settings_environment(settings).items():
+        for name, value in settings_environment(settings).items():
             patch.setenv(name, value)
-        run = pipeline.load_dag().test(run_conf={"batch": 1, "force_retrain": False})
+        run = local_run.load_dag().test(run_conf={"batch": 1, "force_retrain": False})
     assert str(run.state) == "success"
     return settings
 
@@ -137,5 +137,5 @@ def test_with_the_data_api_down_the_run_ends_with_its_tasks_skipped(airflow, dat
 
 def test_the_task_logs_are_on_disk_for_the_ui(airflow):
     settings, _ = airflow
-    logs = Path(pipeline.airflow_environment(settings)["AIRFLOW_HOME"]) / "logs"
+    logs = Path(local_run.airflow_environment(settings)["AIRFLOW_HOME"]) / "logs"
     assert any("store_raw" in str(path) for path in logs.rglob("*.log")), "no task log was written"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from readmission.scheduler import AWS_DIR
+from readmission.scheduler_spec import AWS_DIR
 
 EC2_DIR = AWS_DIR / "ec2"
 COMPOSE_FILE = AWS_DIR.parent / "ec2_api" / "docker-compose.yml"

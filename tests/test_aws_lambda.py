@@ -15,7 +15,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from readmission.scheduler import LAMBDA_DIR, lambda_package
+from readmission.scheduler_spec import LAMBDA_DIR, lambda_package
 from tests.servers import free_port
 
 HANDLER_FILES = {"start": "start_ec2_instance.py", "stop": "stop_ec2_instance.py"}

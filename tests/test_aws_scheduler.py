@@ -12,8 +12,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from readmission import scheduler
-from readmission.scheduler import (
+from readmission import scheduler, scheduler_spec
+from readmission.scheduler import ec2_instance_state, setup, teardown, update_schedule
+from readmission.scheduler_spec import (
     ACTIONS,
     AWS_DIR,
     LAMBDA_DIR,
@@ -21,13 +22,9 @@ from readmission.scheduler import (
     Account,
     SchedulerConfig,
     code_sha256,
-    ec2_instance_state,
     lambda_package,
     policy_values,
     render_policy,
-    setup,
-    teardown,
-    update_schedule,
 )
 
 
@@ -88,7 +85,7 @@ def test_setup_creates_the_roles_functions_and_schedules(config, account):
     lambda_client = boto3.client("lambda")
     for action in ACTIONS:
         function = lambda_client.get_function_configuration(FunctionName=config.function_name(action))
-        assert function["Handler"] == scheduler.HANDLERS[action]
+        assert function["Handler"] == scheduler_spec.HANDLERS[action]
         assert function["Role"] == account.role_arn(config.lambda_role_name)
         assert function["Environment"]["Variables"] == {"EC2_INSTANCE_IDS": ",".join(config.instance_ids)}
         assert function["CodeSha256"] == code_sha256(lambda_package(LAMBDA_DIR))
@@ -140,10 +137,12 @@ def test_the_lambda_role_policy_is_the_rendered_least_privilege_file(config, acc
     setup(config)
 
     iam = boto3.client("iam")
-    document = iam.get_role_policy(RoleName=config.lambda_role_name, PolicyName=scheduler.LAMBDA_POLICY_NAME)
+    document = iam.get_role_policy(RoleName=config.lambda_role_name, PolicyName=scheduler_spec.LAMBDA_POLICY_NAME)
     policy = document["PolicyDocument"]
     assert policy == render_policy("lambda_ec2_start_stop_policy.json", policy_values(config, account))
-    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [scheduler.LAMBDA_POLICY_NAME]
+    assert iam.list_role_policies(RoleName=config.lambda_role_name)["PolicyNames"] == [
+        scheduler_spec.LAMBDA_POLICY_NAME
+    ]
     assert iam.list_attached_role_policies(RoleName=config.lambda_role_name)["AttachedPolicies"] == []
     by_action = {action: statement for statement in policy["Statement"] for action in actions_of(statement)}
     instance_arns = [f"arn:aws:ec2:us-east-1:{account.account_id}:instance/{item}" for item in config.instance_ids]
@@ -160,7 +159,7 @@ def test_the_scheduler_role_may_only_invoke_the_two_functions(config, account):
 
     iam = boto3.client("iam")
     policy = iam.get_role_policy(RoleName=config.scheduler_role_name,
-                                 PolicyName=scheduler.SCHEDULER_POLICY_NAME)["PolicyDocument"]  # fmt: skip
+                                 PolicyName=scheduler_spec.SCHEDULER_POLICY_NAME)["PolicyDocument"]  # fmt: skip
     assert policy["Statement"] == [{
         "Sid": "InvokeOnlyTheStartAndStopFunctions", "Effect": "Allow", "Action": "lambda:InvokeFunction",
         "Resource": [account.function_arn(config.function_name(action)) for action in ACTIONS],
@@ -241,7 +240,11 @@ def test_new_instance_ids_update_the_policy_and_the_functions_but_not_the_schedu
     changes = setup(dataclasses.replace(config, instance_ids=new_ids))
 
     assert {(change.kind, change.action) for change in changes} == {
-        ("iam role", "update"), ("lambda function", "update"), ("iam role", "unchanged"), ("schedule", "unchanged")}
+        ("iam role", "update"),
+        ("lambda function", "update"),
+        ("iam role", "unchanged"),
+        ("schedule", "unchanged"),
+    }
     after = snapshot(config)
     assert [key for key in before if before[key] != after[key]] == [
         f"role {config.lambda_role_name}", "function start", "function stop"]  # fmt: skip
@@ -256,7 +259,9 @@ def test_update_schedule_changes_only_the_schedules(config):
     changes = update_schedule(new_times)
 
     assert [(change.kind, change.name, change.action) for change in changes] == [
-        ("schedule", config.schedule_name("start"), "update"), ("schedule", config.schedule_name("stop"), "update")]
+        ("schedule", config.schedule_name("start"), "update"),
+        ("schedule", config.schedule_name("stop"), "update"),
+    ]
     after = snapshot(config)
     assert [key for key in before if before[key] != after[key]] == ["schedule start", "schedule stop"]
     assert after["schedule start"]["ScheduleExpression"] == "cron(15 8 * * ? *)"

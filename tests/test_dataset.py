@@ -15,13 +15,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.dataset import DatasetError, iter_dataset_chunks, load_dataset, synthetic_dataset, write_synthetic_csv
 from readmission.features import EncounterFeatures, target
 from readmission.validation import split_valid_rows
 from tests.factories import encounter
 
-HEADER = ",".join(schema.COLUMNS)
+HEADER = ",".join(encounter_columns.COLUMNS)
 
 
 def csv_line(**overrides) -> str:
@@ -67,7 +67,7 @@ def http_folder(tmp_path):
 @pytest.mark.parametrize("kind", ["plain", "gzip", "zip"])
 def test_plain_gzip_and_zip_files_read_the_same(dataset_files, kind):
     frame = load_dataset(dataset_files[kind])
-    assert frame.columns.tolist() == list(schema.COLUMNS)
+    assert frame.columns.tolist() == list(encounter_columns.COLUMNS)
     pd.testing.assert_frame_equal(frame, load_dataset(dataset_files["plain"]))
     assert frame["encounter_id"].tolist() == ["1", "2", "3"]
 
@@ -111,36 +111,36 @@ def test_a_file_with_wrong_columns_raises_dataset_error(tmp_path, csv_text):
 def test_chunks_follow_the_file_order_with_a_shorter_last_chunk(synthetic_csv):
     chunks = list(iter_dataset_chunks(str(synthetic_csv), 1_500))
     assert [len(c) for c in chunks] == [1_500, 1_500, 1_000]
-    assert all(c.columns.tolist() == list(schema.COLUMNS) and c.index[0] == 0 for c in chunks)
+    assert all(c.columns.tolist() == list(encounter_columns.COLUMNS) and c.index[0] == 0 for c in chunks)
     pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), load_dataset(synthetic_csv))
 
 
 def test_columns_come_back_in_the_data_set_order_whatever_the_file_order(tmp_path, synthetic_frame):
     shuffled = tmp_path / "shuffled.csv"
-    synthetic_frame.iloc[:50][list(reversed(schema.COLUMNS))].to_csv(shuffled, index=False)
+    synthetic_frame.iloc[:50][list(reversed(encounter_columns.COLUMNS))].to_csv(shuffled, index=False)
     frame = load_dataset(shuffled)
-    assert frame.columns.tolist() == list(schema.COLUMNS)
+    assert frame.columns.tolist() == list(encounter_columns.COLUMNS)
     pd.testing.assert_frame_equal(frame, synthetic_frame.iloc[:50], check_dtype=False)
 
 
 def test_the_synthetic_data_set_has_the_shape_columns_and_vocabularies_of_the_real_one(synthetic_frame):
     frame = synthetic_frame
-    assert frame.shape == (4_000, 50) and frame.columns.tolist() == list(schema.COLUMNS)
+    assert frame.shape == (4_000, 50) and frame.columns.tolist() == list(encounter_columns.COLUMNS)
     assert frame.map(lambda value: isinstance(value, str)).all().all()  # text, like the file
-    for column, vocabulary in schema.VOCABULARIES.items():
-        unexpected = set(frame[column]) - set(vocabulary) - {schema.MISSING}
+    for column, vocabulary in encounter_columns.VOCABULARIES.items():
+        unexpected = set(frame[column]) - set(vocabulary) - {encounter_columns.MISSING}
         assert not unexpected, f"{column}: {unexpected}"
-    assert set(frame["readmitted"]) == set(schema.TARGET_VALUES)
+    assert set(frame["readmitted"]) == set(encounter_columns.TARGET_VALUES)
     assert frame["encounter_id"].is_unique
     assert frame["patient_nbr"].duplicated().sum() > 500  # repeat patients
-    assert (frame["race"] == schema.MISSING).any() and (frame["max_glu_serum"] == schema.NOT_TAKEN).any()
+    assert (frame["race"] == encounter_columns.MISSING).any() and (frame["max_glu_serum"] == encounter_columns.NOT_TAKEN).any()
 
 
 def test_synthetic_diagnoses_include_every_group_and_v_and_e_codes(synthetic_frame):
-    codes = pd.concat([synthetic_frame[c] for c in schema.DIAGNOSIS_COLUMNS])
+    codes = pd.concat([synthetic_frame[c] for c in encounter_columns.DIAGNOSIS_COLUMNS])
     assert codes.str.startswith("V").any() and codes.str.startswith("E").any()
     features = EncounterFeatures().fit_transform(synthetic_frame)
-    for group in schema.DIAGNOSIS_GROUPS:
+    for group in encounter_columns.DIAGNOSIS_GROUPS:
         assert features[f"diag_1_{group}"].sum() > 0, group
 
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from readmission.demo import BatchOutcome, table
-from readmission.pipeline import LocalRun
+from readmission.local_run import LocalRun
 from tests.servers import VENV_BIN, free_port, wait_until
 
 pytestmark = pytest.mark.servers

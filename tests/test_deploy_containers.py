@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from readmission.config import Settings
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER, RISK_LABELS
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER, RISK_LABELS
+from tests.browser import PREDICT, PatientForm
 from tests.engine import (
     IMAGE_TAG,
     Container,
@@ -29,7 +30,6 @@ from tests.engine import (
 )
 from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
-from tests.browser import PREDICT, PatientForm
 
 pytestmark = pytest.mark.servers
 

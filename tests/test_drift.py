@@ -98,7 +98,7 @@ def test_the_profile_travels_in_the_models_mlmodel_metadata(tmp_path, profile):
 
     model = DummyClassifier().fit([[0], [1]], [0, 1])
     requirements = ["scikit-learn"]  # given: inferring them takes MLflow ~20 s
-    mlflow.sklearn.save_model(model, tmp_path / "with", metadata=drift.model_metadata(profile),
+    mlflow.sklearn.save_model(model, tmp_path / "with", metadata=drift.profile_metadata(profile),
                               pip_requirements=requirements)  # fmt: skip
     mlflow.sklearn.save_model(model, tmp_path / "without", pip_requirements=requirements)
     assert drift.profile_of_model(str(tmp_path / "with")) == profile

@@ -11,11 +11,11 @@ from scipy.special import logit
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.explain import Explainer
 from readmission.features import EncounterFeatures, feature_sources, target
-from readmission.train import HIST_MONOTONIC, Candidate, build_pipeline, train
+from readmission.train import HIST_MONOTONIC, Candidate, build_pipeline, train_model
 from tests.factories import labelled_encounters
 
 CLASSIFIERS = {
@@ -41,7 +41,7 @@ def fitted(kind: str):
     name, calibrated = kind.removesuffix("+sigmoid"), kind.endswith("+sigmoid")
     if not calibrated:
         return build_pipeline(CLASSIFIERS[name]()).fit(frame, target(frame["readmitted"]).to_numpy())
-    pipeline = train(frame, Settings(_env_file=None), [Candidate(name, CLASSIFIERS[name]())], figures=False).model
+    pipeline = train_model(frame, Settings(_env_file=None), [Candidate(name, CLASSIFIERS[name]())], figures=False).model
     assert isinstance(pipeline[-1], CalibratedClassifierCV)
     return pipeline
 
@@ -53,19 +53,19 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def rows(frame) -> pd.DataFrame:
-    return frame[frame["split"] == "test"].head(300)[list(schema.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
+    return frame[frame["split"] == "test"].head(300)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
 
 
 def test_every_model_column_comes_from_request_fields():
     columns = list(EncounterFeatures().get_feature_names_out())
     sources = feature_sources()
     assert list(sources) == columns
-    assert {field for fields in sources.values() for field in fields} == set(schema.FEATURE_INPUT_COLUMNS)
+    assert {field for fields in sources.values() for field in fields} == set(encounter_columns.FEATURE_INPUT_COLUMNS)
 
 
 def test_the_contributions_and_the_base_value_add_up_to_the_models_log_odds(model, rows):
     explanation = Explainer(model).explain(rows)
-    assert explanation.contributions.shape == (len(rows), len(schema.FEATURE_INPUT_COLUMNS))
+    assert explanation.contributions.shape == (len(rows), len(encounter_columns.FEATURE_INPUT_COLUMNS))
     np.testing.assert_allclose(explanation.log_odds, logit(model.predict_proba(rows)[:, 1]), rtol=0, atol=1e-6)
 
 
@@ -91,7 +91,7 @@ def test_an_unknown_icd9_code_is_explained_as_the_other_group(model, rows):
     explainer = Explainer(model)
     unknown = explainer.explain(rows.head(20).assign(diag_1="XYZ123"))
     other = explainer.explain(rows.head(20).assign(diag_1="780"))  # 780: a real code of the "other" group
-    diagnosis = list(schema.FEATURE_INPUT_COLUMNS).index("diag_1")
+    diagnosis = list(encounter_columns.FEATURE_INPUT_COLUMNS).index("diag_1")
     np.testing.assert_allclose(unknown.contributions[:, diagnosis], other.contributions[:, diagnosis], atol=1e-12)
     np.testing.assert_allclose(unknown.log_odds, logit(model.predict_proba(rows.head(20).assign(diag_1="XYZ123"))[:, 1]),
                                atol=1e-6)  # fmt: skip
@@ -110,7 +110,7 @@ def test_factors_are_at_most_five_request_fields_largest_first(model, rows):
         assert sizes == sorted(sizes, reverse=True)
         assert max(sizes) == pytest.approx(np.abs(explanation.contributions[row]).max())
         for factor in factors:
-            assert factor["field"] in schema.FEATURE_INPUT_COLUMNS
+            assert factor["field"] in encounter_columns.FEATURE_INPUT_COLUMNS
             assert factor["direction"] == ("raises" if factor["contribution"] > 0 else "lowers")
 
 
@@ -122,13 +122,13 @@ def test_prior_visits_are_shared_between_the_visit_fields_that_make_them():
     explainer = Explainer(model)
     columns = list(explainer.features.get_feature_names_out())
     visits = columns.index("total_prior_visits")
-    rows = frame.head(2)[list(schema.FEATURE_INPUT_COLUMNS)].assign(number_outpatient=[3, 0], number_emergency=[1, 0],
+    rows = frame.head(2)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].assign(number_outpatient=[3, 0], number_emergency=[1, 0],
                                                                     number_inpatient=[0, 0])  # fmt: skip
     import shap
 
     by_feature = shap.TreeExplainer(model[-1]).shap_values(explainer.features.transform(rows).to_numpy())
     explanation = explainer.explain(rows)
-    field = {name: list(schema.FEATURE_INPUT_COLUMNS).index(name) for name in
+    field = {name: list(encounter_columns.FEATURE_INPUT_COLUMNS).index(name) for name in
              ("number_outpatient", "number_emergency", "number_inpatient")}  # fmt: skip
     own = {name: by_feature[:, columns.index(name)] for name in field}
     assert explanation.contributions[0, field["number_outpatient"]] == pytest.approx(

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import typed_encounters
 from readmission.dataset import synthetic_dataset
 from readmission.features import UNKNOWN_AGE, CodedEncounters, EncounterFeatures, diagnosis_groups, input_matrix, target
@@ -56,7 +56,7 @@ def test_icd9_codes_fall_in_the_strack_groups_at_every_boundary(code, group):
 )  # fmt: skip
 def test_v_and_e_codes_missing_codes_and_odd_spellings_have_their_own_groups(code, group):
     assert diagnosis_groups(np.array([code], dtype=object)).tolist() == [group]
-    for column in schema.DIAGNOSIS_COLUMNS:
+    for column in encounter_columns.DIAGNOSIS_COLUMNS:
         assert hot(features_of(**{column: code}), column) == [group]
 
 
@@ -124,11 +124,11 @@ def test_numbers_ages_visits_and_medications_are_engineered_as_documented():
 def test_every_batch_gets_the_same_columns(synthetic_frame):
     transformer = EncounterFeatures().fit(synthetic_frame)
     names = transformer.get_feature_names_out().tolist()
-    empty = transformer.transform(pd.DataFrame(columns=list(schema.COLUMNS)))
+    empty = transformer.transform(pd.DataFrame(columns=list(encounter_columns.COLUMNS)))
     one = transformer.transform(synthetic_frame.iloc[:1])
     many = transformer.transform(synthetic_frame)
     shuffled = transformer.transform(synthetic_frame[list(reversed(synthetic_frame.columns))].iloc[:10])
-    inputs_only = transformer.transform(synthetic_frame[list(schema.FEATURE_INPUT_COLUMNS)].iloc[:10])
+    inputs_only = transformer.transform(synthetic_frame[list(encounter_columns.FEATURE_INPUT_COLUMNS)].iloc[:10])
     for output in (empty, one, many, shuffled, inputs_only):
         assert output.columns.tolist() == names
     assert (len(empty), len(one), len(many)) == (0, 1, len(synthetic_frame)) and transformer.n_features_out_ == len(
@@ -153,7 +153,7 @@ def test_absent_input_columns_count_as_missing():
 
 def test_numbers_given_as_numbers_or_as_text_give_the_same_features(synthetic_frame):
     text = synthetic_frame.iloc[:200]
-    numeric_columns = [*schema.COUNT_RANGES, "admission_type_id", "discharge_disposition_id", "admission_source_id"]
+    numeric_columns = [*encounter_columns.COUNT_RANGES, "admission_type_id", "discharge_disposition_id", "admission_source_id"]
     numbers = text.astype({column: "int64" for column in numeric_columns})
     decimals = text.assign(admission_type_id=text["admission_type_id"] + ".0")
     transformer = EncounterFeatures().fit(text)
@@ -163,7 +163,7 @@ def test_numbers_given_as_numbers_or_as_text_give_the_same_features(synthetic_fr
 
 
 def test_a_row_array_in_input_column_order_gives_the_same_features(synthetic_frame):
-    frame = synthetic_frame.iloc[:20][list(schema.FEATURE_INPUT_COLUMNS)]
+    frame = synthetic_frame.iloc[:20][list(encounter_columns.FEATURE_INPUT_COLUMNS)]
     transformer = EncounterFeatures().fit(frame)
     from_array = transformer.transform(frame.to_numpy(dtype=object))
     np.testing.assert_array_equal(from_array.to_numpy(), transformer.transform(frame).to_numpy())
@@ -172,7 +172,7 @@ def test_a_row_array_in_input_column_order_gives_the_same_features(synthetic_fra
 
 
 def test_coded_rows_give_the_same_features_as_their_values(synthetic_frame):
-    matrix = synthetic_frame.iloc[:50][list(schema.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object)
+    matrix = synthetic_frame.iloc[:50][list(encounter_columns.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object)
     codes, values = pd.factorize(matrix.ravel())
     values = np.append(values, ["unused", 7]).astype(object)  # positions nothing points at change nothing
     coded = CodedEncounters(codes.reshape(matrix.shape).T, values)

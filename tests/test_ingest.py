@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from readmission import ingest, schema
+from readmission import encounter_columns, ingest
 from readmission.dataset import load_dataset
 from readmission.sources import Batch
 from readmission.storage import STORED
@@ -83,4 +83,4 @@ def test_ingest_file_stores_every_batch_numbered_as_the_data_api_numbers_them(st
     pd.testing.assert_frame_equal(storage.read_raw_batch(3), as_served(load_dataset(synthetic_csv).iloc[3_000:]))
     assert storage.stored_batches() == [1, 2, 3]
     assert set(storage.batch_log()["source"]) == {f"file:{synthetic_csv}"}
-    assert storage.labelled_encounters().columns.tolist()[: len(schema.COLUMNS)] == list(schema.COLUMNS)
+    assert storage.labelled_encounters().columns.tolist()[: len(encounter_columns.COLUMNS)] == list(encounter_columns.COLUMNS)

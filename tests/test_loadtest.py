@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from readmission import loadtest, schema
+from readmission import encounter_columns, loadtest
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
 from readmission.serving.auth import new_key
@@ -132,7 +132,7 @@ def test_the_pool_holds_varied_encounters_in_the_service_input_format(make_setti
     pool = loadtest.encounter_pool(make_settings(loadtest_pool_rows=200))
     bodies = [json.loads(body) for body in pool]
     assert len(bodies) == 200
-    assert all(set(body) == set(schema.FEATURE_INPUT_COLUMNS) for body in bodies)
+    assert all(set(body) == set(encounter_columns.FEATURE_INPUT_COLUMNS) for body in bodies)
     assert all(isinstance(body["time_in_hospital"], int) and isinstance(body["age"], str) for body in bodies)
     assert len({body["diag_1"] for body in bodies}) > 20  # realistic variety, not one fixed body
 

@@ -13,9 +13,10 @@ import requests
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from readmission import mlflow_model, registry, schema
+from readmission import encounter_columns, mlflow_model
 from readmission.dataset import synthetic_dataset
 from readmission.features import EncounterFeatures
+from readmission.model import registry
 from tests.factories import register_model, saved_model, signature_types
 from tests.servers import VENV_BIN, ServerProcess, free_port
 
@@ -138,7 +139,9 @@ def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synt
         server.stop()
     assert response.status_code == 200, response.text
     answers = [row["readmission_probability"] for row in response.json()["predictions"]]
-    expected = registry.load_pipeline(uri, settings).predict_proba(rows[list(schema.FEATURE_INPUT_COLUMNS)])[:, 1]
+    expected = registry.load_pipeline(settings, uri).predict_proba(rows[list(encounter_columns.FEATURE_INPUT_COLUMNS)])[
+        :, 1
+    ]
     np.testing.assert_allclose(answers, expected, rtol=0, atol=1e-12)
 
 

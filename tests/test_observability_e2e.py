@@ -88,7 +88,7 @@ def stack(tmp_path_factory):
     from readmission.storage import Storage
 
     folder = tmp_path_factory.mktemp("observability")
-    stores = folder / "stores"  # MLflow's URI given: mlflow.set_tracking_uri exports it to the environment
+    stores = folder / "stores"
     settings = Settings(_env_file=None, data_dir=stores, mlflow_tracking_uri=f"sqlite:///{stores / 'mlflow.db'}")
     version = register_model(settings)
     storage = Storage.from_settings(settings)

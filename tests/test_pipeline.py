@@ -86,13 +86,6 @@ def test_mysql_connection_uris_are_used_with_mysqlclient(make_settings):
     assert settings.force_retrain is True
 
 
-def test_settings_survive_the_round_trip_through_the_environment(make_settings, monkeypatch):
-    settings = make_settings(reload_token="s3cret", force_retrain=True, batch_size=123)
-    for name, value in pipeline.settings_environment(settings).items():
-        monkeypatch.setenv(name, value)
-    assert Settings(_env_file=None) == settings
-
-
 def test_an_unreachable_inference_service_is_a_warning_not_a_failure(make_settings, caplog):
     result = pipeline.notify_serving(make_settings(serving_url=closed_url()), {"batch": 3, "promoted": True})
     assert result["notified"] is False

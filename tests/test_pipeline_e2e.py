@@ -5,17 +5,14 @@ Flask data API on synthetic data. The tasks run in this process, on settings rea
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 
 import pytest
 import sqlalchemy as sa
 
-from readmission import pipeline
+from readmission import local_run
+from readmission.config import settings_environment
 from readmission.dataset import synthetic_dataset
 from tests.servers import S3_TEST_CREDENTIALS, free_port, start_data_api, wait_until
 from tests.snapshots import assert_same
@@ -36,7 +33,7 @@ def pipeline_dag(airflow_db):
     """The DAG as Airflow parses it from `dags/`, with short retry delays."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PIPELINE_RETRY_DELAY_SECONDS", str(RETRY_DELAY_SECONDS))
-        yield pipeline.load_dag()
+        yield local_run.load_dag()
 
 
 @pytest.fixture
@@ -50,7 +47,7 @@ def stack(request, mariadb, s3_server, mlflow_server, synthetic_data_api, make_s
         s3_endpoint_url=s3_server.url, s3_bucket=BUCKET, serving_url=f"http://127.0.0.1:{free_port()}",
         promotion_min_auc=0.5, pipeline_retry_delay_seconds=RETRY_DELAY_SECONDS,
     )  # fmt: skip
-    for name, value in {**pipeline.settings_environment(settings), **S3_TEST_CREDENTIALS}.items():
+    for name, value in {**settings_environment(settings), **S3_TEST_CREDENTIALS}.items():
         monkeypatch.setenv(name, value)
     for key in batch_store_keys(s3_server):
         s3_server.client().delete_object(Bucket=BUCKET, Key=key)
@@ -212,22 +209,3 @@ def _task_state(airflow_home, task_id: str) -> str | None:
         row = conn.execute("SELECT state FROM task_instance WHERE task_id = ? ORDER BY rowid DESC LIMIT 1",
                            (task_id,)).fetchone()  # fmt: skip
     return row[0] if row else None
-
-
-def test_a_local_run_migrates_its_own_metadata_db_under_the_data_folder(tmp_path):
-    """`run_dag_locally` (what `make demo` calls) in a fresh process: it sets Airflow up under DATA_DIR by itself."""
-    script = (
-        "import json, sys\n"
-        "from readmission import pipeline\n"
-        "from readmission.config import Settings\n"
-        "settings = Settings(_env_file=None, data_dir=sys.argv[1], data_api_url=sys.argv[2])\n"
-        "print(json.dumps(pipeline.run_dag_locally(settings, batch=1).states))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data"), f"http://127.0.0.1:{free_port()}"],
-                          capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items()
-                                                                            if not k.startswith("AIRFLOW")})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    states = json.loads(done.stdout.strip().splitlines()[-1])
-    assert list(states)[: len(pipeline.TASK_IDS)] == list(pipeline.TASK_IDS)
-    assert set(states.values()) == {"skipped"}
-    assert (tmp_path / "data" / "airflow" / "airflow.db").is_file()

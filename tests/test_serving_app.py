@@ -16,12 +16,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
 from readmission.loadtest import request_body
-from readmission.serving.model_store import load_model, resolve_target
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER, FIELDS, RISK_LABELS
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER, FIELDS, RISK_LABELS
+from readmission.serving.model_store import load_served_model, resolve_target
 from tests.factories import metric, register_model
 from tests.servers import start_inference_api, wait_until
 
@@ -77,7 +77,7 @@ def same_factors(some: list[dict], others: list[dict]) -> bool:
 def served_pipeline(settings: Settings, version: str):
     """The registered pipeline of `version`, loaded in this process the way the service loads it."""
     pinned = settings.model_copy(update={"model_uri": f"models:/{settings.model_name}/{version}"})
-    return load_model(pinned, resolve_target(pinned)).pipeline
+    return load_served_model(pinned, resolve_target(pinned)).pipeline
 
 
 # --- liveness, readiness, model card -----------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_the_model_card_describes_the_production_version_and_its_lineage(api, fi
     for group in card["groups"]:  # the registered model's test split is small: most groups are too small to score
         scored = group["encounters"] >= 200
         assert group["status"] == ("scored" if scored else "too small") and (group["roc_auc"] is None) != scored
-    assert [f["name"] for f in card["input_fields"]] == list(schema.FEATURE_INPUT_COLUMNS)
+    assert [f["name"] for f in card["input_fields"]] == list(encounter_columns.FEATURE_INPUT_COLUMNS)
     assert {f["name"] for f in card["input_fields"] if f["required"]} == set(REQUIRED)
     assert card["loaded_at"] and card["load_seconds"] > 0
 
@@ -157,7 +157,7 @@ def test_an_explained_prediction_lists_the_fields_that_moved_the_risk(api, regis
         k: plain[k] for k in ("probability", "risk_band")}
     assert explained["factors_scale"] == "log-odds" and 1 <= len(explained["factors"]) <= 5
     pipeline = served_pipeline(registry_settings, explained["model_version"])
-    expected = Explainer(pipeline).explain(pd.DataFrame([body])[list(schema.FEATURE_INPUT_COLUMNS)])
+    expected = Explainer(pipeline).explain(pd.DataFrame([body])[list(encounter_columns.FEATURE_INPUT_COLUMNS)])
     assert explained["base_log_odds"] == pytest.approx(expected.base_value)
     assert same_factors(explained["factors"], expected.factors(0))
     for factor in explained["factors"]:

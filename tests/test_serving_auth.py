@@ -17,8 +17,8 @@ from readmission.cli import main
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
 from readmission.loadtest import request_body
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER
 from readmission.serving.auth import ApiKeysError, RateLimiter, key_hash, new_key, parse_api_keys, well_formed
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER
 from tests.browser import SwaggerPage
 from tests.factories import metric, register_model
 from tests.servers import REPO_ROOT, start_inference_api

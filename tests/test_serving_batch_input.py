@@ -14,8 +14,8 @@ from readmission.dataset import synthetic_dataset
 from readmission.features import input_matrix
 from readmission.loadtest import request_body
 from readmission.serving import batch_input
+from readmission.serving.api_models import FIELDS, IGNORED_COLUMNS, MAX_TEXT_LENGTH
 from readmission.serving.batch_input import FAST_DECODER, InvalidBatch, encounters_from_csv, encounters_from_json
-from readmission.serving.schemas import FIELDS, IGNORED_COLUMNS, MAX_TEXT_LENGTH
 
 ROWS = synthetic_dataset(30, seed=5)  # the data set's 50 columns, as text
 VALID = [request_body(row) for row in ROWS.to_dict(orient="records")]

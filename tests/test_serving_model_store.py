@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.dataset import synthetic_dataset
 from readmission.serving.model_store import ModelLoadError, ModelStore
 from tests.factories import saved_model
@@ -22,15 +22,18 @@ def model_folder(tmp_path):
 
 
 def raw_rows(rows: int = 5):
-    return synthetic_dataset(rows, seed=4)[list(schema.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object)
+    return synthetic_dataset(rows, seed=4)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object)
 
 
 def test_a_model_at_a_path_is_served_and_loaded_again_only_on_request(make_settings, model_folder):
     store = ModelStore(make_settings(model_uri=str(model_folder)))
     assert store.refresh("startup")[0] == "loaded"
     served = store.current
-    assert (served.target.uri, served.target.version, served.target.name) == (str(model_folder), None,
-                                                                              "diabetes-readmission")
+    assert (served.target.uri, served.target.version, served.target.name) == (
+        str(model_folder),
+        None,
+        "diabetes-readmission",
+    )
     assert store.refresh("poll") == ("unchanged", served)  # polling cannot tell a path changed
     assert store.refresh("http")[0] == "loaded" and store.current is not served
     probabilities = store.current.probabilities(raw_rows())
@@ -42,7 +45,7 @@ def test_the_served_probabilities_are_the_pipelines_own(make_settings, model_fol
     store.refresh("startup")
     frame = synthetic_dataset(30, seed=5)
     expected = store.current.pipeline.predict_proba(frame)[:, 1]  # the pipeline as a whole, on a raw DataFrame
-    served = store.current.probabilities(frame[list(schema.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object))
+    served = store.current.probabilities(frame[list(encounter_columns.FEATURE_INPUT_COLUMNS)].to_numpy(dtype=object))
     np.testing.assert_array_equal(served, expected)
 
 

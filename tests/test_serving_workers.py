@@ -18,7 +18,7 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 
 from readmission.config import Settings
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER
 from tests.factories import metric, register_model
 from tests.servers import MlflowServer, start_inference_api, wait_until
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import CLEAN_COLUMNS, INTEGER_COLUMNS, clean_rows, typed_encounters
 from readmission.features import EncounterFeatures
 from tests.factories import encounter_rows, write_raw_and_clean
@@ -61,9 +61,9 @@ def test_labelled_encounters_are_the_typed_columns_of_clean_encounters_with_thei
     write_raw_and_clean(storage, 2, second)  # stored first: the rows still come by batch
     write_raw_and_clean(storage, 1, first)
     labelled = storage.labelled_encounters()
-    assert labelled.columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    assert labelled.columns.tolist() == [*encounter_columns.COLUMNS, "split", "batch_number"]
     expected = typed_encounters(pd.concat([first.drop(index=4), second], ignore_index=True))
-    pd.testing.assert_frame_equal(labelled[list(schema.COLUMNS)], expected)
+    pd.testing.assert_frame_equal(labelled[list(encounter_columns.COLUMNS)], expected)
     assert labelled["batch_number"].tolist() == [1] * 89 + [2] * 50
     clean = pd.concat([storage.read_clean_batch(1), storage.read_clean_batch(2)]).set_index("encounter_id")["split"]
     assert labelled["split"].tolist() == clean.loc[labelled["encounter_id"]].tolist()
@@ -75,6 +75,6 @@ def test_labelled_encounters_are_the_typed_columns_of_clean_encounters_with_thei
 
 
 def test_nothing_stored_reads_as_empty(storage):
-    assert storage.labelled_encounters().columns.tolist() == [*schema.COLUMNS, "split", "batch_number"]
+    assert storage.labelled_encounters().columns.tolist() == [*encounter_columns.COLUMNS, "split", "batch_number"]
     assert storage.labelled_encounters().empty and storage.stored_batches() == []
     assert storage.read_clean_batch(1).empty and storage.quarantine().empty

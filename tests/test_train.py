@@ -13,7 +13,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from readmission import schema, train
+from readmission import encounter_columns, train
 from readmission.dataset import load_dataset
 from readmission.features import EncounterFeatures
 from readmission.split import assign_split
@@ -37,12 +37,12 @@ def result(frame) -> train.TrainingResult:
     from readmission.config import Settings
 
     chance = train.Candidate("chance", DummyClassifier(strategy="prior"))
-    return train.train(frame, Settings(_env_file=None), [chance, small_boosting()], figures=False)
+    return train.train_model(frame, Settings(_env_file=None), [chance, small_boosting()], figures=False)
 
 
 def test_the_model_takes_raw_encounter_columns_and_beats_chance_clearly(frame, result):
     test = frame[frame["split"] == "test"]
-    raw = test[list(schema.FEATURE_INPUT_COLUMNS)]  # no ids, no target, no split: what a clinician sends
+    raw = test[list(encounter_columns.FEATURE_INPUT_COLUMNS)]  # no ids, no target, no split: what a clinician sends
     probability = result.model.predict_proba(raw)[:, 1]
     labels = test["readmitted"].isin(["<30", ">30"]).astype(int)
     assert roc_auc_score(labels, probability) > 0.65
@@ -89,7 +89,7 @@ def test_a_candidate_fitted_on_sparse_features_makes_the_same_model(frame):
 
 
 def test_the_30_day_target_is_a_setting(frame, make_settings):
-    result = train.train(frame, make_settings(target="30day"), [small_boosting(10)], figures=False)
+    result = train.train_model(frame, make_settings(target="30day"), [small_boosting(10)], figures=False)
     test = frame[frame["split"] == "test"]
     assert result.target == "30day"
     assert result.evaluation.metrics["test_positive_rate"] == pytest.approx((test["readmitted"] == "<30").mean())
@@ -117,25 +117,25 @@ def test_the_fingerprint_depends_on_the_rows_not_their_order_or_dtype(frame):
 
 
 def test_an_input_example_holds_raw_columns_only(result):
-    assert list(result.input_example.columns) == list(schema.FEATURE_INPUT_COLUMNS)
+    assert list(result.input_example.columns) == list(encounter_columns.FEATURE_INPUT_COLUMNS)
     assert 0 < len(result.input_example) <= train.INPUT_EXAMPLE_ROWS
 
 
 def test_a_frame_without_its_split_is_refused_naming_the_column(frame, make_settings):
     with pytest.raises(ValueError, match=r"lacks columns \['split'\]"):
-        train.train(frame.drop(columns="split"), make_settings(), [small_boosting(5)])
+        train.train_model(frame.drop(columns="split"), make_settings(), [small_boosting(5)])
 
 
 def test_a_split_with_a_single_class_is_refused_naming_the_split(frame, make_settings):
     one_class = frame.copy()
     one_class.loc[one_class["split"] == "validation", "readmitted"] = "NO"
     with pytest.raises(ValueError, match="the validation split needs both classes"):
-        train.train(one_class, make_settings(), [small_boosting(5)])
+        train.train_model(one_class, make_settings(), [small_boosting(5)])
 
 
 def test_candidate_names_must_be_unique(frame, make_settings):
     with pytest.raises(ValueError, match="candidate names must be unique"):
-        train.train(frame, make_settings(), [small_boosting(5), small_boosting(6)])
+        train.train_model(frame, make_settings(), [small_boosting(5), small_boosting(6)])
 
 
 # --- the real data set ------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_quality_on_the_real_data_set_holds(real_dataset_path, make_settings, ki
     frame["split"] = assign_split(frame["patient_nbr"])
     settings = make_settings(target=kind)
     candidate = train.default_candidates(settings.random_seed)[-1]  # HIST_SEARCH[-1], the quickest setting
-    result = train.train(frame, settings, [candidate], figures=False)
+    result = train.train_model(frame, settings, [candidate], figures=False)
     metrics = result.evaluation.metrics
     assert metrics["test_roc_auc"] >= floor - MARGIN, metrics
     assert metrics["test_roc_auc"] < 0.72 + MARGIN, "this good calls for a leakage audit before it is believed"
@@ -177,7 +177,7 @@ def test_the_calibrated_candidate_is_fitted_on_the_validation_split_and_never_se
     for column in ("readmitted", "number_inpatient", "age", "diag_1"):
         scrambled.loc[test, column] = rng.permutation(scrambled.loc[test, column].to_numpy())
     scrambled.loc[test, "readmitted"] = np.where(scrambled.loc[test, "readmitted"] == "NO", "<30", "NO")
-    again = train.train(scrambled, Settings(_env_file=None), [small_boosting()], figures=False)
+    again = train.train_model(scrambled, Settings(_env_file=None), [small_boosting()], figures=False)
     other = again.model.named_steps["classifier"].calibrated_classifiers_[0].calibrators[0]
     assert (other.a_, other.b_) == (sigmoid.a_, sigmoid.b_)
     assert again.evaluation.metrics["test_roc_auc"] != result.evaluation.metrics["test_roc_auc"]  # test rows did change

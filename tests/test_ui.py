@@ -17,10 +17,10 @@ import pytest
 import requests
 from streamlit.testing.v1 import AppTest
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.dataset import synthetic_dataset
-from readmission.serving.schemas import RISK_LABELS, BatchPrediction, Encounter
+from readmission.serving.api_models import RISK_LABELS, BatchPrediction, Encounter
 from readmission.ui import batch, forms, model_card
 from tests.servers import REPO_ROOT, free_port, http_ok, start_inference_api, wait_until
 
@@ -76,8 +76,8 @@ def api_down_settings(make_settings) -> Settings:
 
 
 def test_every_form_field_is_a_raw_input_column_and_every_option_is_accepted_by_the_api_model():
-    assert set(forms.FIELDS) <= set(schema.FEATURE_INPUT_COLUMNS)
-    assert set(schema.MEDICATIONS) | {"race", "age", "diag_1", "A1Cresult", "change", "diabetesMed"} <= set(
+    assert set(forms.FIELDS) <= set(encounter_columns.FEATURE_INPUT_COLUMNS)
+    assert set(encounter_columns.MEDICATIONS) | {"race", "age", "diag_1", "A1Cresult", "change", "diabetesMed"} <= set(
         forms.FIELDS
     )
     defaults = forms.encounter_payload(forms.default_values())
@@ -92,10 +92,10 @@ def test_every_form_field_is_a_raw_input_column_and_every_option_is_accepted_by_
 
 def test_code_tables_are_labelled_with_the_data_sets_descriptions_not_ids():
     admission_type = forms.FIELDS["admission_type_id"]
-    assert admission_type.labels[1] == "Emergency" and admission_type.options == list(schema.ADMISSION_TYPES)
+    assert admission_type.labels[1] == "Emergency" and admission_type.options == list(encounter_columns.ADMISSION_TYPES)
     assert forms.FIELDS["discharge_disposition_id"].labels[11] == "Expired"
-    assert forms.FIELDS["A1Cresult"].labels[schema.NOT_TAKEN] == forms.NOT_MEASURED
-    assert forms.FIELDS["race"].labels[schema.MISSING] == forms.NOT_RECORDED
+    assert forms.FIELDS["A1Cresult"].labels[encounter_columns.NOT_TAKEN] == forms.NOT_MEASURED
+    assert forms.FIELDS["race"].labels[encounter_columns.MISSING] == forms.NOT_RECORDED
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_malformed_diagnosis_codes_are_told_apart_from_well_formed_ones():
 def test_a_blank_field_is_left_out_so_the_api_applies_the_missing_meaning():
     payload = forms.encounter_payload({**forms.default_values(), "diag_3": "  ", "diag_2": " 250.01 "})
     assert "diag_3" not in payload and payload["diag_2"] == "250.01"
-    assert Encounter.model_validate(payload).diag_3 == schema.MISSING
+    assert Encounter.model_validate(payload).diag_3 == encounter_columns.MISSING
 
 
 # --- batch files as data ------------------------------------------------------------------
@@ -134,7 +134,9 @@ def test_csv_cells_become_the_json_types_of_the_request_and_extra_columns_are_dr
     bodies = batch.request_bodies(frame)
     assert bodies[0]["admission_type_id"] == 3 and isinstance(bodies[0]["time_in_hospital"], int)
     assert "payer_code" not in bodies[1]
-    assert set(bodies[2]) == set(schema.FEATURE_INPUT_COLUMNS)  # no extra column, no id: the model needs neither
+    assert set(bodies[2]) == set(
+        encounter_columns.FEATURE_INPUT_COLUMNS
+    )  # no extra column, no id: the model needs neither
 
 
 def test_rows_the_request_model_rejects_are_reported_with_line_and_reason_and_the_rest_kept():
@@ -395,7 +397,7 @@ def test_with_the_api_down_every_page_says_so_and_offers_a_retry(api_down_settin
 
 def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loaded(served_model, make_settings,
                                                                                      tmp_path):  # fmt: skip
-    from readmission import registry
+    from readmission.model.production import registry_client
 
     alias = "ui-not-yet"  # no version has it yet: the API starts without a model and keeps trying
     server, url = start_inference_api({"MLFLOW_TRACKING_URI": served_model.registry.mlflow_tracking_uri,
@@ -407,7 +409,7 @@ def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loa
         assert f"The prediction service at {url} is not ready" in shown_text(app)
         assert app.button(key="predict").disabled and app.button(key="retry_api").label == "Retry"
 
-        registry.client(served_model.registry).set_registered_model_alias("diabetes-readmission", alias,
+        registry_client(served_model.registry).set_registered_model_alias("diabetes-readmission", alias,
                                                                           served_model.version)  # fmt: skip
         wait_until(lambda: http_ok(f"{url}/ready"), timeout=90, what="the API to load the model")
         app.button(key="retry_api").click().run()
@@ -429,7 +431,7 @@ def test_the_ui_imports_none_of_the_serving_stack():
         "        if name.split('.')[0] in {'fastapi', 'gunicorn', 'uvicorn', 'prometheus_client', 'sqlalchemy', 'skops'}:\n"
         "            raise ImportError(f'the UI must not import {name}')\n"
         "sys.meta_path.insert(0, Refuse())\n"
-        "import readmission.ui.app, readmission.ui.pages, readmission.ui.model_card\n"
+        "import readmission.ui.app, readmission.ui.pages, readmission.ui.model_page, readmission.ui.monitoring_page, readmission.ui.model_card\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT)
 

@@ -14,7 +14,7 @@ import requests
 from selenium.webdriver.common.by import By
 
 from readmission.config import Settings
-from readmission.serving.schemas import RISK_LABELS
+from readmission.serving.api_models import RISK_LABELS
 from readmission.ui import forms, ui_environment
 from tests.browser import PREDICT, PatientForm
 from tests.factories import monitored_store

@@ -15,8 +15,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 
 from readmission.config import Settings
+from readmission.serving.api_models import RISK_LABELS
 from readmission.serving.auth import new_key
-from readmission.serving.schemas import RISK_LABELS
 from readmission.ui import ui_environment
 from tests.browser import PREDICT, PatientForm
 from tests.factories import register_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.validation import SchemaError, key_problems, split_valid_rows, validate_columns
 from tests.factories import encounter_rows
 
@@ -17,7 +17,7 @@ def batch() -> pd.DataFrame:
 
 def test_a_batch_with_the_source_columns_in_any_order_is_accepted(batch):
     validate_columns(batch)
-    validate_columns(batch[list(reversed(schema.COLUMNS))])
+    validate_columns(batch[list(reversed(encounter_columns.COLUMNS))])
 
 
 def test_missing_columns_are_named(batch):
@@ -86,7 +86,7 @@ def test_every_problem_of_a_row_is_named(batch):
 
 
 def test_the_bounds_of_every_count_range_are_accepted(batch):
-    for row, (column, bounds) in enumerate(schema.COUNT_RANGES.items()):
+    for row, (column, bounds) in enumerate(encounter_columns.COUNT_RANGES.items()):
         batch.loc[2 * row, column], batch.loc[2 * row + 1, column] = (str(b) for b in bounds)
     _, quarantined = split_valid_rows(batch)
     assert quarantined.empty
@@ -108,13 +108,13 @@ def test_valid_and_quarantined_rows_partition_the_batch(batch):
 
 
 def test_numbers_given_as_numbers_are_valid(batch):
-    numeric = batch.astype({c: "int64" for c in (*schema.ID_COLUMNS, *schema.COUNT_RANGES)})
+    numeric = batch.astype({c: "int64" for c in (*encounter_columns.ID_COLUMNS, *encounter_columns.COUNT_RANGES)})
     valid, quarantined = split_valid_rows(numeric)
     assert quarantined.empty and len(valid) == len(batch)
 
 
 def test_an_empty_batch_is_valid_and_empty():
-    empty = pd.DataFrame(columns=list(schema.COLUMNS), dtype=object)
+    empty = pd.DataFrame(columns=list(encounter_columns.COLUMNS), dtype=object)
     valid, quarantined = split_valid_rows(empty)
     assert valid.empty and quarantined.empty
 

@@ -1,1 +1,1 @@
-"""The FastAPI inference service: request schemas, model store, metrics, app and launcher."""
+"""The FastAPI inference service: request and response models (`api_models`), model store, metrics, app and launcher."""

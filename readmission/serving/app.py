@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -37,17 +36,8 @@ from readmission.config import Settings, get_settings
 from readmission.explain import SCALE, NotExplainable
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
-from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
-from readmission.serving.batch_input import (
-    BatchTooLarge,
-    InvalidBatch,
-    bounded,
-    encounters_from_csv,
-    encounters_from_json,
-)
-from readmission.serving.model_store import ModelLoadError, ModelStore, ServedModel
-from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
-from readmission.serving.schemas import (
+from readmission.serving.access import AUTH_ERRORS, CAN_PREDICT, CAN_READ_MODEL, AccessControl
+from readmission.serving.api_models import (
     FIELDS,
     BatchPrediction,
     Encounter,
@@ -61,6 +51,16 @@ from readmission.serving.schemas import (
     encounter_row,
     input_fields,
 )
+from readmission.serving.batch_input import (
+    BatchTooLarge,
+    InvalidBatch,
+    bounded,
+    encounters_from_csv,
+    encounters_from_json,
+)
+from readmission.serving.model_store import ModelLoadError, ModelStore, ServedModel
+from readmission.serving.predictor import MicroBatcher, NoModel, answer, answers, score, served_model
+from readmission.serving.request_metrics import RequestMetrics
 
 # --- dependencies -----------------------------------------------------------------------
 
@@ -87,82 +87,18 @@ BatcherDep = Annotated[MicroBatcher, Depends(_batcher)]
 BatchThreadDep = Annotated[ThreadPoolExecutor, Depends(_batch_thread)]
 RELOAD_SCHEME = HTTPBearer(auto_error=False, scheme_name="ReloadToken", description="The RELOAD_TOKEN setting.")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(RELOAD_SCHEME)]
-API_KEY_DESCRIPTION = (
-    "An API key (`rk_...`) made by `readmission apikey new NAME`; API_KEYS holds its SHA-256. "
-    "Needed on /predict, /predict/batch and /model when API_KEYS is set."
-)
 log = logging.getLogger(__name__)
-
-
-class AccessControl:
-    """The keys the service accepts (key hash -> caller; None: no key needed) and their rate limit."""
-
-    def __init__(self, settings: Settings):
-        self.callers = accepted_keys(settings.api_keys.get_secret_value(), settings.require_api_keys)
-        self.limiter = RateLimiter(settings.api_rate_limit / settings.api_workers)
-
-    def caller(self, credentials: HTTPAuthorizationCredentials | None) -> Caller | None:
-        """Who presented the key (None when no key is needed): 401 without a key or with an unknown one."""
-        if self.callers is None:
-            return None
-        if credentials is None:
-            raise HTTPException(
-                401,
-                "an API key is required: send `Authorization: Bearer <key>`",
-                headers={"WWW-Authenticate": 'Bearer realm="readmission"'},
-            )
-        caller = self.callers.get(key_hash(credentials.credentials))
-        if caller is None:
-            raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return caller
-
-    def admit(self, caller: Caller, right: str) -> None:
-        """403 when the caller's key lacks `right`, 429 when it is over the rate limit."""
-        if right not in caller.rights:
-            raise HTTPException(403, f"the API key {caller.name!r} may not use this route (it lacks `{right}`)")
-        if wait := self.limiter.retry_after(caller.name):
-            raise HTTPException(
-                429,
-                f"the API key {caller.name!r} is over API_RATE_LIMIT requests per second",
-                headers={"Retry-After": str(wait)},
-            )
-
-
-class ApiKey(HTTPBearer):
-    """The `ApiKey` security scheme of a route needing `right`: FastAPI documents it in the OpenAPI page (so
-    "Authorize" and "Try it out" send the key) and calls it for each request, which it admits or refuses.
-
-    One dependency doing both (rather than a check depending on an HTTPBearer): FastAPI's dependency
-    resolution, not the hash, is most of what a key costs per request.
-    """
-
-    def __init__(self, right: str):
-        super().__init__(auto_error=False, scheme_name="ApiKey", description=API_KEY_DESCRIPTION)
-        self.right = right
-
-    async def __call__(self, request: Request) -> None:
-        access: AccessControl = request.app.state.access
-        if access.callers is None:
-            return
-        caller = access.caller(await super().__call__(request))
-        request.state.api_key = caller.name  # the per-key metrics count refusals too
-        access.admit(caller, self.right)
-
-
-CAN_PREDICT, CAN_READ_MODEL = Depends(ApiKey("predict")), Depends(ApiKey("model"))
-AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorMessage, "description": "No API key, or an unknown one (API_KEYS is set)."},
-    403: {"model": ErrorMessage, "description": "The API key lacks the right this route needs."},
-    429: {"model": ErrorMessage, "description": "The API key is over API_RATE_LIMIT; see Retry-After."},
-}
 
 
 async def require_reload_token(settings: SettingsDep, credentials: BearerDep) -> None:
     """401 without a bearer token, 403 with a wrong one, 403 when reloading over HTTP is disabled."""
     expected = settings.reload_token.get_secret_value()
     if not expected:
-        raise HTTPException(403, "reloading over HTTP is disabled because RELOAD_TOKEN is not set; the service "
-                            "polls MODEL_URI every MODEL_POLL_SECONDS by itself")  # fmt: skip
+        raise HTTPException(
+            403,
+            "reloading over HTTP is disabled because RELOAD_TOKEN is not set; the service "
+            "polls MODEL_URI every MODEL_POLL_SECONDS by itself",
+        )
     if credentials is None:
         raise HTTPException(401, "a bearer token (RELOAD_TOKEN) is required", headers={"WWW-Authenticate": "Bearer"})
     if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
@@ -178,8 +114,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorMessage, "description": "No model is loaded yet."},
 }
 EXPLAIN_ERROR = {"model": ErrorMessage, "description": "explain=true, but the model in service cannot be explained."}
-CSV_EXAMPLE = ",".join(FIELDS) + "\n" + ",".join(str(spec.default) if not spec.required else "1"
-                                                   for spec in FIELDS.values())  # fmt: skip
+CSV_EXAMPLE = (
+    ",".join(FIELDS) + "\n" + ",".join(str(spec.default) if not spec.required else "1" for spec in FIELDS.values())
+)
 BATCH_BODY = {
     "requestBody": {
         "required": True,
@@ -190,7 +127,7 @@ BATCH_BODY = {
                 "schema": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Encounter"}}
             },
             "text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE},
-        },  # fmt: skip
+        },
     }
 }
 BATCH_READERS: dict[str, Callable[[bytes, int], np.ndarray | CodedEncounters]] = {
@@ -205,13 +142,15 @@ ExplainDep = Annotated[bool, Query(description="Also list the fields that moved 
 
 
 def explained(model: ServedModel, table: np.ndarray | CodedEncounters) -> list[dict[str, Any]]:
-    """The explanation fields of each row's answer (`schemas.Explained`); 501 for a model that cannot be explained."""
+    """The explanation fields of each row's answer (`api_models.Explained`); 501 for a model that cannot be explained."""
     try:
         explanation = model.explainer.explain(table)
     except NotExplainable as exc:
         raise HTTPException(501, f"the model in service cannot be explained: {exc}") from None
-    return [{"factors": explanation.factors(row), "factors_scale": SCALE, "base_log_odds": explanation.base_value}
-            for row in range(len(explanation.contributions))]  # fmt: skip
+    return [
+        {"factors": explanation.factors(row), "factors_scale": SCALE, "base_log_odds": explanation.base_value}
+        for row in range(len(explanation.contributions))
+    ]
 
 
 @predictions.post("/predict", response_model=Prediction, responses={**ERRORS, 501: EXPLAIN_ERROR})
@@ -222,12 +161,21 @@ async def predict(
     row = encounter_row(encounter)
     model, probability = await batcher.probability(row)
     extra = (await run_in_threadpool(explained, model, np.array([row], dtype=object)))[0] if explain else {}
-    return Prediction(**answer(probability, model, settings), model_name=model.target.name,
-                      model_version=model.target.version, **extra)  # fmt: skip
+    return Prediction(
+        **answer(probability, model, settings),
+        model_name=model.target.name,
+        model_version=model.target.version,
+        **extra,
+    )
 
 
-def _score_batch(read: Callable[[bytes, int], np.ndarray | CodedEncounters], body: bytes, store: ModelStore,
-                 settings: Settings, explain: bool = False) -> Response:  # fmt: skip
+def _score_batch(
+    read: Callable[[bytes, int], np.ndarray | CodedEncounters],
+    body: bytes,
+    store: ModelStore,
+    settings: Settings,
+    explain: bool = False,
+) -> Response:
     """A `BatchPrediction`, encoded here, off the event loop (the route's response model documents it)."""
     table = read(body, settings.max_batch_rows)
     model, probabilities = score(store, table)
@@ -235,22 +183,35 @@ def _score_batch(read: Callable[[bytes, int], np.ndarray | CodedEncounters], bod
     rows = answers(probabilities.tolist(), model, settings)
     if explain:
         rows = [row | extra for row, extra in zip(rows, explained(model, table), strict=True)]
-    content = msgspec.json.encode({"model_name": model.target.name, "model_version": model.target.version,
-                                   "rows": len(table), "predictions": rows})  # fmt: skip
+    content = msgspec.json.encode(
+        {
+            "model_name": model.target.name,
+            "model_version": model.target.version,
+            "rows": len(table),
+            "predictions": rows,
+        }
+    )
     return Response(content, media_type="application/json")
 
 
-@predictions.post("/predict/batch", response_model=BatchPrediction, openapi_extra=BATCH_BODY,
-                  responses={**ERRORS, 415: {"model": ErrorMessage, "description": "Neither JSON nor CSV."},
-                             501: EXPLAIN_ERROR})  # fmt: skip
-async def predict_batch(request: Request, store: StoreDep, settings: SettingsDep,
-                        batch_thread: BatchThreadDep, explain: ExplainDep = False) -> Response:  # fmt: skip
+@predictions.post(
+    "/predict/batch",
+    response_model=BatchPrediction,
+    openapi_extra=BATCH_BODY,
+    responses={**ERRORS, 415: {"model": ErrorMessage, "description": "Neither JSON nor CSV."}, 501: EXPLAIN_ERROR},
+)
+async def predict_batch(
+    request: Request, store: StoreDep, settings: SettingsDep, batch_thread: BatchThreadDep, explain: ExplainDep = False
+) -> Response:
     """Readmission risk of many encounters (a JSON list or a CSV) with one model call; with `explain=true`, why."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     read = BATCH_READERS.get("application/json" if media_type.endswith("+json") else media_type)
     if read is None:
-        raise HTTPException(415, f"unsupported content type {media_type or 'none'!r}: send application/json "
-                            "(a list of encounters) or text/csv (the data set's format)")  # fmt: skip
+        raise HTTPException(
+            415,
+            f"unsupported content type {media_type or 'none'!r}: send application/json "
+            "(a list of encounters) or text/csv (the data set's format)",
+        )
     body = await request.body()
     # Off the event loop, so parsing and scoring thousands of rows does not stall single predictions; on one
     # thread, one batch at a time: a worker has one core, and concurrent batches would only add up their memory.
@@ -284,15 +245,32 @@ async def model_card(store: StoreDep) -> ModelCard:
     """The model in service: name, version, alias, run, training metrics, lineage tags, input fields."""
     model = served_model(store)
     target = model.target
-    return ModelCard(name=target.name, version=target.version, alias=target.alias, uri=target.uri,
-                     run_id=target.run_id, metrics=model.metrics, tags=model.tags,
-                     decision_threshold=model.decision_threshold, groups=model.groups, loaded_at=model.loaded_at,
-                     load_seconds=model.load_seconds, input_fields=input_fields())  # fmt: skip
+    return ModelCard(
+        name=target.name,
+        version=target.version,
+        alias=target.alias,
+        uri=target.uri,
+        run_id=target.run_id,
+        metrics=model.metrics,
+        tags=model.tags,
+        decision_threshold=model.decision_threshold,
+        groups=model.groups,
+        loaded_at=model.loaded_at,
+        load_seconds=model.load_seconds,
+        input_fields=input_fields(),
+    )
 
 
-@operations.post("/reload", response_model=ReloadResult, dependencies=[Depends(require_reload_token)],
-                 responses={401: {"model": ErrorMessage}, 403: {"model": ErrorMessage},
-                            503: {"model": ErrorMessage, "description": "Loading failed; the old model serves."}})  # fmt: skip
+@operations.post(
+    "/reload",
+    response_model=ReloadResult,
+    dependencies=[Depends(require_reload_token)],
+    responses={
+        401: {"model": ErrorMessage},
+        403: {"model": ErrorMessage},
+        503: {"model": ErrorMessage, "description": "Loading failed; the old model serves."},
+    },
+)
 async def reload(store: StoreDep) -> ReloadResult:
     """Load the version MODEL_URI names now (e.g. after `@production` moved), if it is not the one in service."""
     previous = store.current
@@ -301,82 +279,25 @@ async def reload(store: StoreDep) -> ReloadResult:
     except ModelLoadError as exc:
         serving = f"still serving version {previous.target.version}" if previous else "no model in service"
         raise HTTPException(503, f"reload failed, {serving}: {exc}") from None
-    return ReloadResult(outcome=outcome, model_version=model.target.version,
-                        previous_version=previous.target.version if previous else None)  # fmt: skip
+    return ReloadResult(
+        outcome=outcome,
+        model_version=model.target.version,
+        previous_version=previous.target.version if previous else None,
+    )
 
 
-@operations.get("/metrics", response_class=Response,
-                responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})  # fmt: skip
+@operations.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def prometheus_metrics(settings: SettingsDep) -> Response:
     """Prometheus metrics, summed over all worker processes."""
     content, content_type = metrics.exposition(settings.prometheus_multiproc_dir)
     return Response(content, media_type=content_type)
 
 
-# --- middleware and errors --------------------------------------------------------------
-
-
-class RequestMetrics:
-    """Counts, times and size-limits every HTTP request (pure ASGI: nothing copied, no extra task)."""
-
-    def __init__(self, app, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
-        self._counters: dict[tuple[str, str, int], Any] = {}  # label lookups cost more than the increments
-        self._timers: dict[tuple[str, str], Any] = {}
-        self._key_counters: dict[tuple[str, str, int], Any] = {}
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status, received = time.perf_counter(), 500, 0
-        declared = self._declared_length(scope)
-
-        async def limited_receive():
-            nonlocal received
-            if declared > self.max_body_bytes:  # refused before a byte of it is read
-                raise HTTPException(413, f"request body over {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:  # no (or a false) Content-Length: counted as it arrives
-                raise HTTPException(413, f"request body over {self.max_body_bytes} bytes (MAX_BODY_BYTES)")
-            return message
-
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        metrics.IN_FLIGHT.inc()
-        try:
-            await self.app(scope, limited_receive, send_status)
-        finally:
-            metrics.IN_FLIGHT.dec()
-            route = scope.get("route")
-            path = route.path if route else "unmatched"
-            self._record(path, scope["method"], status, time.perf_counter() - started)
-            if key := scope.get("state", {}).get("api_key"):
-                self._record_key(key, path, status)
-
-    @staticmethod
-    def _declared_length(scope) -> int:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                return int(value) if value.isdigit() else 0
-        return 0
-
-    def _record(self, route: str, method: str, status: int, seconds: float) -> None:
-        if (counter := self._counters.get((route, method, status))) is None:
-            counter = self._counters[(route, method, status)] = metrics.REQUESTS.labels(route, method, str(status))
-        if (timer := self._timers.get((route, method))) is None:
-            timer = self._timers[(route, method)] = metrics.LATENCY.labels(route, method)
-        counter.inc()
-        timer.observe(seconds)
-
-    def _record_key(self, key: str, route: str, status: int) -> None:
-        if (counter := self._key_counters.get((key, route, status))) is None:
-            counter = self._key_counters[(key, route, status)] = metrics.KEY_REQUESTS.labels(key, route, str(status))
-        counter.inc()
+# --- errors ---------------------------------------------------------------------------
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -414,9 +335,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.batch_thread.shutdown(wait=False, cancel_futures=True)
 
     # The docs page's scripts are served by the API itself: a hospital network need not reach a CDN for them.
-    app = FastAPIOffline(title="Diabetes readmission inference API", version="1.0.0", lifespan=lifespan,
-                  description="Predicts whether a diabetic patient will be readmitted, from one hospital encounter "
-                  "in the UCI data set's raw vocabulary.")  # fmt: skip
+    app = FastAPIOffline(
+        title="Diabetes readmission inference API",
+        version="1.0.0",
+        lifespan=lifespan,
+        description="Predicts whether a diabetic patient will be readmitted, from one hospital encounter "
+        "in the UCI data set's raw vocabulary.",
+    )
     app.state.settings, app.state.store, app.state.batcher = settings, store, MicroBatcher(store)
     app.state.access = access
     app.state.batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")

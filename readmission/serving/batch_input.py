@@ -1,10 +1,10 @@
 """The body of a batch request (a JSON list or a CSV in the data set's format) -> the model's input.
 
-Both formats are checked against the same field specs (`schemas.FIELDS`). JSON is decoded
+Both formats are checked against the same field specs (`api_models.FIELDS`). JSON is decoded
 and checked in one pass by a msgspec struct built from the specs; a body it refuses is checked
 again by the pydantic `Encounter` model, whose verdict and errors are the API's (msgspec only
 makes the common case, a valid batch, several times cheaper); the result is one object matrix in
-`schema.FEATURE_INPUT_COLUMNS` order. CSV is read by Arrow as dictionary-encoded text and
+`encounter_columns.FEATURE_INPUT_COLUMNS` order. CSV is read by Arrow as dictionary-encoded text and
 checked by looking at each distinct cell text of a column once (a batch has few distinct values
 per column); the result keeps the cells as positions in the accepted values
 (`features.CodedEncounters`). Either way it is ready for a single model call, or the request
@@ -27,7 +27,7 @@ import pyarrow.csv as pa_csv
 from pydantic import Field, TypeAdapter, ValidationError
 
 from readmission.features import CodedEncounters
-from readmission.serving.schemas import (
+from readmission.serving.api_models import (
     FIELDS,
     IGNORED_COLUMNS,
     IGNORED_FIELD_TYPES,

@@ -10,8 +10,8 @@ counted in the metrics and logged, and the next poll tries again.
 from __future__ import annotations
 
 import gc
+import json
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -27,7 +27,7 @@ import pandas as pd
 import sklearn
 from sklearn.pipeline import Pipeline
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.config import Settings
 from readmission.drift import DriftWindow, window_of_model
 from readmission.explain import Explainer
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 STARTUP_RETRY_SECONDS = 5.0  # while no model is loaded, retry at least this often
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_KEYS = ("decision_threshold", "threshold")  # where a training run may record its threshold
-# The store retries on its own schedule; MLflow's client-side back-off (minutes when the
-# server is down) would only hold `/reload` and the poll hostage.
-MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 Trigger = Literal["startup", "poll", "http"]
 # `ServedModel` feeds the classifier a plain matrix after checking its columns once (see `_steps`).
@@ -113,21 +110,27 @@ class ServedModel:
 
 
 def resolve_target(settings: Settings) -> ModelTarget:
-    """The version `MODEL_URI` names now (asking the registry for an alias), or the path it names."""
-    from readmission.registry import MODEL_URI, client
+    """The version `MODEL_URI` names now (asking the registry for an alias), or the path it names.
+
+    `ModelLoadError` when the URI names no version (an alias nobody holds yet)."""
+    from readmission.model.production import MODEL_URI, registry_client, version_of_uri
 
     if not (match := MODEL_URI.match(settings.model_uri)):
         return ModelTarget(uri=settings.model_uri, name=settings.model_name)
-    registry = client(settings)
-    name, alias = match["name"], match["alias"]
-    version = (
-        registry.get_model_version_by_alias(name, alias)
-        if alias
-        else registry.get_model_version(name, match["version"])
+    client = registry_client(settings)
+    version = version_of_uri(settings.model_uri, settings, client)
+    if version is None:
+        raise ModelLoadError(f"no version of the registry holds {settings.model_uri} yet")
+    name = version.name
+    return ModelTarget(
+        uri=f"models:/{name}/{version.version}",
+        name=name,
+        version=str(version.version),
+        alias=match["alias"],
+        source=client.get_model_version_download_uri(name, version.version),
+        run_id=version.run_id,
+        tags=dict(version.tags or {}),
     )
-    return ModelTarget(uri=f"models:/{name}/{version.version}", name=name, version=str(version.version), alias=alias,
-                       source=registry.get_model_version_download_uri(name, version.version), run_id=version.run_id,
-                       tags=dict(version.tags or {}))  # fmt: skip
 
 
 def _decision_threshold(params: dict[str, str], run_metrics: dict[str, float]) -> float:
@@ -140,41 +143,56 @@ def _decision_threshold(params: dict[str, str], run_metrics: dict[str, float]) -
 
 def _group_table(run_id: str, settings: Settings) -> list[dict]:
     """The run's per-group metrics (`registry.GROUP_ARTIFACT`); empty for a run that logged none."""
-    import mlflow
-
-    from readmission.registry import GROUP_ARTIFACT
+    from readmission.model.production import registry_client
+    from readmission.model.registry import GROUP_ARTIFACT
 
     try:
-        return list(mlflow.artifacts.load_dict(f"runs:/{run_id}/{GROUP_ARTIFACT}"))
+        with tempfile.TemporaryDirectory(prefix="group-table-") as folder:
+            path = registry_client(settings).download_artifacts(run_id, GROUP_ARTIFACT, folder)
+            return list(json.loads(Path(path).read_text()))
     except Exception as exc:  # noqa: BLE001 - runs from before the table was logged have none
         log.info("run %s has no %s: %s", run_id, GROUP_ARTIFACT, exc)
         return []
 
 
-def load_model(settings: Settings, target: ModelTarget) -> ServedModel:
+def load_served_model(settings: Settings, target: ModelTarget) -> ServedModel:
     """Download and deserialize `target`, with its run's metrics and lineage tags."""
     import mlflow
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="served-model-") as folder:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=target.source or target.uri, dst_path=folder,
-                                                         tracking_uri=settings.mlflow_tracking_uri))  # fmt: skip
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=target.source or target.uri,
+                dst_path=folder,
+                tracking_uri=settings.mlflow_tracking_uri,
+                registry_uri=settings.mlflow_tracking_uri,
+            )
+        )
         pipeline = read_pipeline(local)
         drift = window_of_model(local, settings.drift_window)
     params, run_metrics, tags, groups = {}, {}, dict(target.tags), []
     if target.run_id:
-        from readmission.registry import client
+        from readmission.model.production import registry_client
 
-        run = client(settings).get_run(target.run_id)
+        run = registry_client(settings).get_run(target.run_id)
         params, run_metrics = dict(run.data.params), dict(run.data.metrics)
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} | tags
         groups = _group_table(target.run_id, settings)
     model = ServedModel(
-        pipeline=pipeline, target=target, metrics=run_metrics, tags=tags, groups=groups,
-        decision_threshold=_decision_threshold(params, run_metrics), loaded_at=datetime.now(UTC),
-        load_seconds=time.perf_counter() - started, drift=drift,
-    )  # fmt: skip
-    model.probabilities(np.full((1, len(INPUT_COLUMNS)), schema.MISSING, dtype=object))  # fail here, not in a request
+        pipeline=pipeline,
+        target=target,
+        metrics=run_metrics,
+        tags=tags,
+        groups=groups,
+        decision_threshold=_decision_threshold(params, run_metrics),
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - started,
+        drift=drift,
+    )
+    model.probabilities(
+        np.full((1, len(INPUT_COLUMNS)), encounter_columns.MISSING, dtype=object)
+    )  # fail here, not in a request
     return model
 
 
@@ -193,8 +211,6 @@ class ModelStore:
     """Holds the model in service and replaces it when `MODEL_URI` points at a new version."""
 
     def __init__(self, settings: Settings):
-        for name, value in MLFLOW_CLIENT_DEFAULTS.items():
-            os.environ.setdefault(name, value)  # MLflow's own knobs; an operator's value wins
         self.settings = settings
         self.current: ServedModel | None = None
         self.last_error: str | None = None
@@ -212,7 +228,7 @@ class ModelStore:
                 if previous and target.uri == previous.target.uri and (target.version or trigger != "http"):
                     metrics.MODEL_RELOADS.labels("unchanged", trigger).inc()
                     return "unchanged", previous
-                model = load_model(self.settings, target)
+                model = load_served_model(self.settings, target)
             except Exception as exc:  # noqa: BLE001 - any failure to load leaves the old model in service
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 metrics.MODEL_RELOADS.labels("failure", trigger).inc()
@@ -228,8 +244,13 @@ class ModelStore:
             _settle_memory()
             metrics.model_swapped(previous and previous.target, model.target, model.load_seconds)
             metrics.MODEL_RELOADS.labels("success", trigger).inc()
-            log.info("serving %s (%s) after %s; loaded in %.2fs", model.target.uri, model.target.name, trigger,
-                     model.load_seconds)  # fmt: skip
+            log.info(
+                "serving %s (%s) after %s; loaded in %.2fs",
+                model.target.uri,
+                model.target.name,
+                trigger,
+                model.load_seconds,
+            )
             return "loaded", model
 
     def _poll(self) -> None:

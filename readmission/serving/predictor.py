@@ -18,8 +18,8 @@ import pandas as pd
 from readmission.config import Settings
 from readmission.features import CodedEncounters
 from readmission.serving import metrics
+from readmission.serving.api_models import RISK_BANDS, RISK_LABELS
 from readmission.serving.model_store import ModelStore, ServedModel
-from readmission.serving.schemas import RISK_BANDS, RISK_LABELS
 
 
 class NoModel(RuntimeError):

@@ -2,24 +2,32 @@
 
 `python -m readmission.serving.server` (the Docker image's command, and what the tests
 start) calls `serve(get_settings())`. Before any worker exists it wipes the Prometheus
-multi-process folder (stale files would add up into the new counts) and pins the native
-thread pools to one thread per worker: the workers are the parallelism.
+multi-process folder (stale files would add up into the new counts), then replaces itself
+(`os.execve`, same process id) with the gunicorn master, started with everything the workers
+must find in their environment when they import their libraries: the settings, the Prometheus
+folder, one native thread per worker (the workers are the parallelism) and MLflow's client
+knobs. This process's own environment is never written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
-from readmission.config import Settings, get_settings
+from readmission.config import Settings, get_settings, settings_environment
 from readmission.serving.auth import ApiKeysError, accepted_keys
 
-# One native thread per worker process (set before the workers import numpy and scikit-learn).
+# One native thread per worker process (read when the workers import numpy and scikit-learn).
 SINGLE_THREAD_ENVIRONMENT = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+# The model store retries on its own schedule; MLflow's client-side back-off (minutes when the
+# server is down) would only hold `/reload` and the poll hostage.
+MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+GUNICORN_MASTER = "from readmission.serving.server import run_gunicorn; run_gunicorn()"
 
 
 class Worker(UvicornWorker):
@@ -70,7 +78,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from readmission.serving.app import create_app  # in each worker, after the environment is set
+        from readmission.serving.app import create_app  # in each worker, whose environment `serve` set at launch
 
         return create_app(self.settings)
 
@@ -83,12 +91,31 @@ def serve(settings: Settings) -> None:
         raise SystemExit(f"readmission-api: {exc}") from None
     folder = multiproc_dir(settings)
     wipe(folder)
-    # prometheus-client reads this when first imported (in each worker) to choose multi-process mode.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-    for name, value in SINGLE_THREAD_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-c", GUNICORN_MASTER], gunicorn_environment(settings, folder))
+
+
+def gunicorn_environment(settings: Settings, folder: Path) -> dict[str, str]:
+    """The environment the gunicorn master and its forked workers start with.
+
+    An operator's thread and MLflow knobs win over the defaults; the settings are `settings`;
+    prometheus-client reads `PROMETHEUS_MULTIPROC_DIR` when first imported (in each worker) to
+    choose multi-process mode.
+    """
+    settings = settings.model_copy(update={"prometheus_multiproc_dir": str(folder)})
+    return {
+        **SINGLE_THREAD_ENVIRONMENT,
+        **MLFLOW_CLIENT_DEFAULTS,
+        **os.environ,
+        **settings_environment(settings),
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+
+
+def run_gunicorn() -> None:
+    """The gunicorn master `serve` becomes: settings read once from the environment it was started with."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    _Gunicorn(settings.model_copy(update={"prometheus_multiproc_dir": str(folder)})).run()
+    _Gunicorn(Settings()).run()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.split import SPLITS
 from readmission.storage.tables import (
     CLEAN_SOURCE_COLUMNS,
@@ -28,7 +28,7 @@ from readmission.storage.tables import (
 )
 
 IN_LIST_IDS = 5_000  # encounter ids per `IN (...)` list
-LABELLED_COLUMNS = [*schema.COLUMNS, "split", "batch_number"]
+LABELLED_COLUMNS = [*encounter_columns.COLUMNS, "split", "batch_number"]
 
 
 def batch_log(db: Databases) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import INTEGER_COLUMNS
 from readmission.split import SPLITS
 
@@ -32,7 +32,7 @@ LOCAL_FILES = "readmission_local_files"  # connection info key: the server takes
 REBUILD_CLEAN = "readmission rebuild-clean"  # the command that rebuilds diabetes_clean from diabetes_raw
 _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 _LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")  # MySQL's TEXT stops at 64 KB
-_COUNT_COLUMNS = set(schema.COUNT_RANGES)
+_COUNT_COLUMNS = set(encounter_columns.COUNT_RANGES)
 
 
 class StorageError(RuntimeError):
@@ -54,7 +54,7 @@ diabetes_raw = sa.Table(
     "diabetes_raw",
     raw_metadata,
     sa.Column("encounter_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    *(sa.Column(name, _LONG_TEXT) for name in schema.COLUMNS if name != "encounter_id"),
+    *(sa.Column(name, _LONG_TEXT) for name in encounter_columns.COLUMNS if name != "encounter_id"),
     sa.Column("batch_number", sa.Integer, nullable=False, index=True),
     sa.Column("row_in_batch", sa.Integer, nullable=False),  # the row's position in the batch as received
     sa.Column("ingested_at", sa.DateTime, nullable=False),
@@ -93,14 +93,14 @@ def _clean_column(name: str) -> sa.Column:
         return sa.Column(name, sa.BigInteger, primary_key=True, autoincrement=False)
     if name not in INTEGER_COLUMNS:
         return sa.Column(name, _LONG_TEXT)  # NULL: missing
-    kind = sa.SmallInteger if name in _COUNT_COLUMNS else sa.BigInteger if name in schema.ID_COLUMNS else sa.Integer
+    kind = sa.SmallInteger if name in _COUNT_COLUMNS else sa.BigInteger if name in encounter_columns.ID_COLUMNS else sa.Integer
     return sa.Column(name, kind, nullable=False)
 
 
 diabetes_clean = sa.Table(
     "diabetes_clean",
     clean_metadata,
-    *(_clean_column(name) for name in schema.COLUMNS),
+    *(_clean_column(name) for name in encounter_columns.COLUMNS),
     sa.Column("split", sa.String(10), nullable=False),
     sa.Column("batch_number", sa.Integer, nullable=False, index=True),
     sa.Column("row_in_batch", sa.Integer, nullable=False),  # as in diabetes_raw: the batch's order as received
@@ -125,8 +125,8 @@ predictions_table = sa.Table(
     **_TABLE_OPTIONS,
 )
 
-RAW_SOURCE_COLUMNS = [diabetes_raw.c[name] for name in schema.COLUMNS]
-CLEAN_SOURCE_COLUMNS = [diabetes_clean.c[name] for name in schema.COLUMNS]
+RAW_SOURCE_COLUMNS = [diabetes_raw.c[name] for name in encounter_columns.COLUMNS]
+CLEAN_SOURCE_COLUMNS = [diabetes_clean.c[name] for name in encounter_columns.COLUMNS]
 
 
 def engine(url: str) -> Engine:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.clean import CLEAN_COLUMNS
 from readmission.storage.mysql_loader import insert_mysql
 from readmission.storage.reads import IN_LIST_IDS, chunks, inlined_in
@@ -254,7 +254,7 @@ def _raw_positions(db: Databases, batch_number: int) -> tuple[int | None, pd.Ser
 def _source_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The batch's 50 source columns as text, in order (SchemaError when its columns are not those)."""
     validate_columns(frame)
-    return frame[list(schema.COLUMNS)].astype("string").reset_index(drop=True)
+    return frame[list(encounter_columns.COLUMNS)].astype("string").reset_index(drop=True)
 
 
 def _check_clean(batch_number: int, clean_frame: pd.DataFrame, quarantined: pd.DataFrame, raw_rows: int) -> None:
@@ -296,18 +296,18 @@ def _owners(conn: Connection, ids: pd.Series) -> dict[int, int]:
 
 def batch_checksum(rows: pd.DataFrame) -> str:
     """SHA-256 of a batch's content: the header and every row of the source columns, missing cells as \\N."""
-    cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in schema.COLUMNS]
+    cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in encounter_columns.COLUMNS]
     lines = pc.binary_join_element_wise(*cells, "\x1f").to_pylist() if len(rows) else []
-    return hashlib.sha256("\x1e".join(["\x1f".join(schema.COLUMNS), *lines]).encode()).hexdigest()
+    return hashlib.sha256("\x1e".join(["\x1f".join(encounter_columns.COLUMNS), *lines]).encode()).hexdigest()
 
 
 def _quarantine_rows(rows: pd.DataFrame, reasons: pd.Series, stage: str) -> pd.DataFrame:
     """Quarantine rows for `rows`: stage, encounter_id as it came, reason, and the source columns as JSON."""
     if rows.empty:
         return pd.DataFrame(columns=["stage", "encounter_id", "reason", "raw_row"])
-    source = rows[list(schema.COLUMNS)].astype("string").astype(object)
+    source = rows[list(encounter_columns.COLUMNS)].astype("string").astype(object)
     source = source.where(source.notna(), None)
-    as_json = [json.dumps(dict(zip(schema.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)]
+    as_json = [json.dumps(dict(zip(encounter_columns.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)]
     return pd.DataFrame(
         {
             "stage": stage,

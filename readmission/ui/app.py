@@ -6,10 +6,11 @@ import functools
 import logging
 
 import streamlit as st
-
 from readmission.config import Settings, get_settings
 from readmission.ui.access import signed_in_user
-from readmission.ui.pages import batch_page, model_page, monitoring_page, patient_page
+from readmission.ui.model_page import model_page
+from readmission.ui.monitoring_page import monitoring_page
+from readmission.ui.pages import batch_page, patient_page
 
 PAGES = {  # url path -> (title, icon, page)
     "patient": ("Single patient", ":material/person:", patient_page),

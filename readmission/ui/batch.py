@@ -1,7 +1,7 @@
 """Batch scoring of an uploaded CSV: read it, check each row, score the good ones, report the rest.
 
 The API scores a batch all or nothing, so each row is checked here first with the API's
-own request model (`readmission.serving.schemas.Encounter`, the one validation of the
+own request model (`readmission.serving.api_models.Encounter`, the one validation of the
 project) and only valid rows are sent; the others are listed with the reason.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from pydantic import TypeAdapter, ValidationError
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.dataset import read_csv_text
-from readmission.serving.schemas import FIELDS, RISK_BANDS, BatchPrediction, Encounter
+from readmission.serving.api_models import FIELDS, RISK_BANDS, BatchPrediction, Encounter
 
 ENCOUNTER_LIST: TypeAdapter[list[Encounter]] = TypeAdapter(list[Encounter])
 PREDICTION_COLUMNS = ("probability", "risk_band", "prediction", "label")
@@ -131,4 +131,4 @@ def scored_csv(scored: pd.DataFrame) -> bytes:
 
 def identifying_columns(frame: pd.DataFrame) -> list[str]:
     """The columns that tell rows apart for a reader: the ids the file carries, then age and diagnosis."""
-    return [c for c in (*schema.ID_COLUMNS, "age", "diag_1") if c in frame.columns]
+    return [c for c in (*encounter_columns.ID_COLUMNS, "age", "diag_1") if c in frame.columns]

@@ -1,8 +1,8 @@
 """The single-patient form, described as data: sections, fields, clinical labels and defaults.
 
-Every field is one raw column of the data set (`schema.FEATURE_INPUT_COLUMNS`), so what a
+Every field is one raw column of the data set (`encounter_columns.FEATURE_INPUT_COLUMNS`), so what a
 clinician picks is sent to the API exactly as the data set spells it, and it is checked by
-the API's own request model (`readmission.serving.schemas.Encounter`) before it is sent.
+the API's own request model (`readmission.serving.api_models.Encounter`) before it is sent.
 The labels are what a clinician reads: code-table descriptions instead of ids, "Not
 measured" instead of `None`, "Not recorded" instead of `?`.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from readmission import schema
+from readmission import encounter_columns
 from readmission.features import VISIT_COLUMNS, diagnosis_groups
-from readmission.serving.schemas import Encounter
+from readmission.serving.api_models import Encounter
 
 NOT_RECORDED = "Not recorded"
 NOT_MEASURED = "Not measured"
@@ -42,7 +42,7 @@ class Choice:
 
 @dataclass(frozen=True)
 class Count:
-    """A whole number within the data set's plausible range (`schema.COUNT_RANGES`)."""
+    """A whole number within the data set's plausible range (`encounter_columns.COUNT_RANGES`)."""
 
     column: str
     label: str
@@ -51,7 +51,7 @@ class Count:
 
     @property
     def bounds(self) -> tuple[int, int]:
-        return schema.COUNT_RANGES[self.column]
+        return encounter_columns.COUNT_RANGES[self.column]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _age_label(bracket: str) -> str:
     return f"{low}–{int(high) - 1} years"
 
 
-MEDICATION_LABELS = _labelled(schema.MEDICATION_STATUSES, {
+MEDICATION_LABELS = _labelled(encounter_columns.MEDICATION_STATUSES, {
     "No": "Not prescribed", "Steady": "Steady dose", "Up": "Dose increased", "Down": "Dose decreased",
 })  # fmt: skip
 GROUP_LABELS = {
@@ -104,20 +104,20 @@ ICD9_PATTERN = re.compile(r"^(\d{1,3}(\.\d{1,2})?|V\d{2}(\.\d{1,2})?|E\d{3}(\.\d
 
 SECTIONS: tuple[Section, ...] = (
     Section("Demographics", (
-        Choice("race", "Race", _labelled((*schema.RACES, schema.MISSING),
-                                         {"AfricanAmerican": "African American", schema.MISSING: NOT_RECORDED}),
+        Choice("race", "Race", _labelled((*encounter_columns.RACES, encounter_columns.MISSING),
+                                         {"AfricanAmerican": "African American", encounter_columns.MISSING: NOT_RECORDED}),
                "Caucasian"),
-        Choice("gender", "Gender", _labelled(schema.GENDERS, {"Unknown/Invalid": "Unknown"}), "Female"),
-        Choice("age", "Age", {bracket: _age_label(bracket) for bracket in schema.AGE_BRACKETS}, "[70-80)"),
+        Choice("gender", "Gender", _labelled(encounter_columns.GENDERS, {"Unknown/Invalid": "Unknown"}), "Female"),
+        Choice("age", "Age", {bracket: _age_label(bracket) for bracket in encounter_columns.AGE_BRACKETS}, "[70-80)"),
     )),
     Section("Admission", (
-        Choice("admission_type_id", "Admission type", schema.ADMISSION_TYPES, 1),
-        Choice("admission_source_id", "Admitted from", schema.ADMISSION_SOURCES, 7),
-        Choice("discharge_disposition_id", "Discharge disposition", schema.DISCHARGE_DISPOSITIONS, 1),
+        Choice("admission_type_id", "Admission type", encounter_columns.ADMISSION_TYPES, 1),
+        Choice("admission_source_id", "Admitted from", encounter_columns.ADMISSION_SOURCES, 7),
+        Choice("discharge_disposition_id", "Discharge disposition", encounter_columns.DISCHARGE_DISPOSITIONS, 1),
         Count("time_in_hospital", "Days in hospital", 4, "From admission to discharge."),
         Choice("medical_specialty", "Admitting physician's specialty",
-               _labelled((schema.MISSING, *schema.MEDICAL_SPECIALTIES), {schema.MISSING: NOT_RECORDED}),
-               schema.MISSING),
+               _labelled((encounter_columns.MISSING, *encounter_columns.MEDICAL_SPECIALTIES), {encounter_columns.MISSING: NOT_RECORDED}),
+               encounter_columns.MISSING),
     )),
     Section("History", (
         Count("number_outpatient", "Outpatient visits", 0),
@@ -136,19 +136,19 @@ SECTIONS: tuple[Section, ...] = (
         DiagnosisCode("diag_3", "Additional diagnosis", "401"),
     ), caption="ICD-9 codes; the group each code falls into is shown below it."),
     Section("Lab results", (
-        Choice("A1Cresult", "HbA1c", _labelled(schema.A1C_VALUES, {
-            schema.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">7": "Above 7%", ">8": "Above 8%"}), schema.NOT_TAKEN),
-        Choice("max_glu_serum", "Maximum glucose serum", _labelled(schema.MAX_GLU_SERUM_VALUES, {
-            schema.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">200": "Above 200 mg/dL", ">300": "Above 300 mg/dL"}),
-               schema.NOT_TAKEN),
+        Choice("A1Cresult", "HbA1c", _labelled(encounter_columns.A1C_VALUES, {
+            encounter_columns.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">7": "Above 7%", ">8": "Above 8%"}), encounter_columns.NOT_TAKEN),
+        Choice("max_glu_serum", "Maximum glucose serum", _labelled(encounter_columns.MAX_GLU_SERUM_VALUES, {
+            encounter_columns.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">200": "Above 200 mg/dL", ">300": "Above 300 mg/dL"}),
+               encounter_columns.NOT_TAKEN),
     ), columns=2),
     Section("Diabetes medications", tuple(
-        Choice(medication, medication.capitalize(), MEDICATION_LABELS, "No") for medication in schema.MEDICATIONS
+        Choice(medication, medication.capitalize(), MEDICATION_LABELS, "No") for medication in encounter_columns.MEDICATIONS
     ), columns=4, collapsed=True),
     Section("Treatment", (
-        Choice("change", "Change of diabetes medication", _labelled(schema.CHANGE_VALUES, {
+        Choice("change", "Change of diabetes medication", _labelled(encounter_columns.CHANGE_VALUES, {
             "No": "No change", "Ch": "Changed"}), "No"),
-        Choice("diabetesMed", "Diabetes medication prescribed", _labelled(schema.DIABETES_MED_VALUES), "Yes"),
+        Choice("diabetesMed", "Diabetes medication prescribed", _labelled(encounter_columns.DIABETES_MED_VALUES), "Yes"),
     ), columns=2),
 )  # fmt: skip
 
@@ -193,7 +193,7 @@ def form_problems(values: Mapping[str, object]) -> dict[str, str]:
 
 def diagnosis_group(code: str | None) -> str:
     """The ICD-9 group of one code, in words: the grouping the model itself uses."""
-    value = code.strip() if code and code.strip() else schema.MISSING
+    value = code.strip() if code and code.strip() else encounter_columns.MISSING
     return GROUP_LABELS[diagnosis_groups(np.array([value], dtype=object))[0]]
 
 
@@ -205,7 +205,7 @@ def looks_like_icd9(code: str | None) -> bool:
 def medication_summary(values: Mapping[str, object]) -> str:
     """The medications that are prescribed, in words, for the title of the collapsed section."""
     active = [f"{FIELDS[m].label} ({MEDICATION_LABELS[values[m]].lower()})"
-              for m in schema.MEDICATIONS if values.get(m, "No") != "No"]  # fmt: skip
+              for m in encounter_columns.MEDICATIONS if values.get(m, "No") != "No"]  # fmt: skip
     return ", ".join(active) if active else "none prescribed"
 
 
@@ -222,11 +222,11 @@ def field_label(column: str) -> str:
 def value_label(column: str, value: object) -> str:
     """A raw value as the form shows it (code-table descriptions, "Not recorded" for `?`)."""
     field = FIELDS.get(column)
-    if value is None or (column in UNLISTED_LABELS and value == schema.MISSING):
+    if value is None or (column in UNLISTED_LABELS and value == encounter_columns.MISSING):
         return NOT_RECORDED
     if isinstance(field, Choice):
         return str(field.labels.get(value, value))
     if isinstance(field, DiagnosisCode):
-        code = "" if value is None or value == schema.MISSING else str(value)
+        code = "" if value is None or value == encounter_columns.MISSING else str(value)
         return f"{code} ({diagnosis_group(code)})" if code else NOT_RECORDED
     return str(value)

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 import pandas as pd
 import requests
 
-from readmission.serving.schemas import GroupMetrics
+from readmission.model import tags as model_tags
+from readmission.serving.api_models import GroupMetrics
 
 # (label, metric key without its split prefix): what a clinician's report card shows.
 HEADLINE_METRICS = (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("Accuracy", "accuracy"), ("F1", "f1"))
@@ -38,7 +39,6 @@ GROUP_COLUMNS = {
     "recall": "Recall",
     "readmitted_rate": "Readmitted",
 }
-BATCHES_TAG = "lineage.batches"  # written by `readmission.train.Lineage.tags`
 
 
 class MlflowUnavailable(RuntimeError):
@@ -93,7 +93,7 @@ def run_details(tracking_uri: str, run_id: str, timeout: float = 5.0) -> RunDeta
     from mlflow.exceptions import MlflowException  # imported here: MLflow is slow to import
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         run = client.get_run(run_id)
         images = {}
@@ -109,7 +109,7 @@ def run_details(tracking_uri: str, run_id: str, timeout: float = 5.0) -> RunDeta
 
 def trained_batches(tags: dict[str, str]) -> str | None:
     """The batches the model was trained on (the `lineage.batches` tag, "1,2,3,5"), as runs: "1–3, 5"."""
-    numbers = sorted({int(b) for b in tags.get(BATCHES_TAG, "").split(",") if b.strip().isdigit()})
+    numbers = sorted({int(b) for b in tags.get(model_tags.LINEAGE_BATCHES, "").split(",") if b.strip().isdigit()})
     runs: list[list[int]] = []
     for number in numbers:
         if runs and number == runs[-1][-1] + 1:

@@ -1,4 +1,4 @@
-"""Request and response models of the inference API, generated from `readmission.schema`.
+"""Request and response models of the inference API, generated from `readmission.encounter_columns`.
 
 One `FieldSpec` per raw input column says what the column accepts (a closed vocabulary,
 a code table, a count range or free text), what it means and what a missing value
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
-from readmission import schema
+from readmission import encounter_columns
 
 MAX_FACTORS = 5  # readmission.explain.MAX_FACTORS: the factors an explained answer lists
 MAX_TEXT_LENGTH = 64  # ICD-9 codes and specialty names are far shorter; bounds what a request can carry
@@ -28,28 +28,28 @@ RISK_LABELS = {
 }
 # Columns of the data set a request may carry that the model does not use (rows can be sent as they are).
 IGNORED_FIELD_TYPES: dict[str, Any] = {"encounter_id": int | str | None, "patient_nbr": int | str | None,
-                                       "readmitted": Literal[schema.TARGET_VALUES] | None}  # fmt: skip
+                                       "readmitted": Literal[encounter_columns.TARGET_VALUES] | None}  # fmt: skip
 IGNORED_COLUMNS = tuple(IGNORED_FIELD_TYPES)
 
 CODE_TABLES: dict[str, dict[int, str]] = {
-    "admission_type_id": schema.ADMISSION_TYPES,
-    "discharge_disposition_id": schema.DISCHARGE_DISPOSITIONS,
-    "admission_source_id": schema.ADMISSION_SOURCES,
+    "admission_type_id": encounter_columns.ADMISSION_TYPES,
+    "discharge_disposition_id": encounter_columns.DISCHARGE_DISPOSITIONS,
+    "admission_source_id": encounter_columns.ADMISSION_SOURCES,
 }
 # The data set's own "missing" meaning of each optional column; columns not listed are required.
 MISSING_MEANING: dict[str, Any] = {
-    "race": schema.MISSING,
+    "race": encounter_columns.MISSING,
     "gender": "Unknown/Invalid",
-    "weight": schema.MISSING,
+    "weight": encounter_columns.MISSING,
     "admission_type_id": 6,  # NULL
     "discharge_disposition_id": 18,  # NULL
     "admission_source_id": 17,  # NULL
-    "payer_code": schema.MISSING,
-    "medical_specialty": schema.MISSING,
-    **{column: schema.MISSING for column in schema.DIAGNOSIS_COLUMNS},
-    "max_glu_serum": schema.NOT_TAKEN,
-    "A1Cresult": schema.NOT_TAKEN,
-    **{medication: "No" for medication in schema.MEDICATIONS},
+    "payer_code": encounter_columns.MISSING,
+    "medical_specialty": encounter_columns.MISSING,
+    **{column: encounter_columns.MISSING for column in encounter_columns.DIAGNOSIS_COLUMNS},
+    "max_glu_serum": encounter_columns.NOT_TAKEN,
+    "A1Cresult": encounter_columns.NOT_TAKEN,
+    **{medication: "No" for medication in encounter_columns.MEDICATIONS},
     "change": "No",
     "diabetesMed": "No",
 }
@@ -67,7 +67,7 @@ DESCRIPTIONS = {
     "time_in_hospital": "Days from admission to discharge.",
     "payer_code": "Payer, e.g. MC = Medicare, HM = HMO, SP = self-pay, BC = Blue Cross.",
     "medical_specialty": "Specialty of the admitting physician. Any text is accepted; the model knows these: "
-    + ", ".join(schema.MEDICAL_SPECIALTIES)
+    + ", ".join(encounter_columns.MEDICAL_SPECIALTIES)
     + "; others count as 'other'.",
     "num_lab_procedures": "Lab tests performed during the encounter.",
     "num_procedures": "Procedures other than lab tests performed during the encounter.",
@@ -85,7 +85,7 @@ DESCRIPTIONS = {
     "diabetesMed": "Any diabetes medication prescribed.",
     **{
         medication: f"{medication}: 'No' not prescribed, 'Steady' dose unchanged, 'Up' increased, 'Down' decreased."
-        for medication in schema.MEDICATIONS
+        for medication in encounter_columns.MEDICATIONS
     },
 }
 EXAMPLE_ENCOUNTER: dict[str, Any] = {
@@ -96,7 +96,7 @@ EXAMPLE_ENCOUNTER: dict[str, Any] = {
     "number_outpatient": 0, "number_emergency": 0, "number_inpatient": 1,
     "diag_1": "428", "diag_2": "250.01", "diag_3": "401", "number_diagnoses": 9,
     "max_glu_serum": "None", "A1Cresult": ">8",
-    **{medication: "No" for medication in schema.MEDICATIONS}, "metformin": "Steady", "insulin": "Up",
+    **{medication: "No" for medication in encounter_columns.MEDICATIONS}, "metformin": "Steady", "insulin": "Up",
     "change": "Ch", "diabetesMed": "Yes",
 }  # fmt: skip
 
@@ -124,7 +124,7 @@ class FieldSpec:
             return "one of " + "; ".join(f"{code} = {meaning}" for code, meaning in self.codes.items())
         if self.count_range is not None:
             return f"a whole number from {self.count_range[0]} to {self.count_range[1]}"
-        return f"any text up to {MAX_TEXT_LENGTH} characters ('{schema.MISSING}' = not recorded)"
+        return f"any text up to {MAX_TEXT_LENGTH} characters ('{encounter_columns.MISSING}' = not recorded)"
 
     def documentation(self) -> str:
         default = "Required." if self.required else f"Default {self.default!r} (the data set's 'missing')."
@@ -137,19 +137,19 @@ def _field_spec(column: str) -> FieldSpec:
         "description": DESCRIPTIONS[column],
         "default": MISSING_MEANING.get(column, PydanticUndefined),
     }
-    if column in schema.VOCABULARIES:
-        extra = (schema.MISSING,) if column in MAY_BE_MISSING else ()
-        return FieldSpec(**common, vocabulary=schema.VOCABULARIES[column] + extra)
+    if column in encounter_columns.VOCABULARIES:
+        extra = (encounter_columns.MISSING,) if column in MAY_BE_MISSING else ()
+        return FieldSpec(**common, vocabulary=encounter_columns.VOCABULARIES[column] + extra)
     if column == "payer_code":  # the data set's complete list of payers
-        return FieldSpec(**common, vocabulary=schema.PAYER_CODES + (schema.MISSING,))
+        return FieldSpec(**common, vocabulary=encounter_columns.PAYER_CODES + (encounter_columns.MISSING,))
     if column in CODE_TABLES:
         return FieldSpec(**common, codes=CODE_TABLES[column])
-    if column in schema.COUNT_RANGES:
-        return FieldSpec(**common, count_range=schema.COUNT_RANGES[column])
+    if column in encounter_columns.COUNT_RANGES:
+        return FieldSpec(**common, count_range=encounter_columns.COUNT_RANGES[column])
     return FieldSpec(**common)  # free text: ICD-9 codes (unknown ones map to "other") and specialties
 
 
-FIELDS: dict[str, FieldSpec] = {column: _field_spec(column) for column in schema.FEATURE_INPUT_COLUMNS}
+FIELDS: dict[str, FieldSpec] = {column: _field_spec(column) for column in encounter_columns.FEATURE_INPUT_COLUMNS}
 
 
 def _no_bool_or_float(value: Any) -> Any:
@@ -193,7 +193,7 @@ INPUT_COUNT = len(FIELDS)
 
 
 def encounter_row(encounter: BaseModel) -> list[Any]:
-    """The model's input values of a validated encounter, in `schema.FEATURE_INPUT_COLUMNS` order."""
+    """The model's input values of a validated encounter, in `encounter_columns.FEATURE_INPUT_COLUMNS` order."""
     return list(encounter.__dict__.values())[:INPUT_COUNT]  # fields are declared in that order, ignored ones last
 
 

@@ -59,10 +59,23 @@ CHANGE_VALUES = ("No", "Ch")
 DIABETES_MED_VALUES = ("No", "Yes")
 PAYER_CODES = ("MC", "HM", "SP", "BC", "MD", "CP", "UN", "CM", "OG", "PO", "DM", "CH", "WC", "OT", "MP", "SI", "FR")
 MEDICAL_SPECIALTIES = (
-    "InternalMedicine", "Emergency/Trauma", "Family/GeneralPractice", "Cardiology",
-    "Surgery-General", "Nephrology", "Orthopedics", "Orthopedics-Reconstructive",
-    "Radiologist", "Pulmonology", "Psychiatry", "Urology", "ObstetricsandGynecology",
-    "Surgery-Cardiovascular/Thoracic", "Gastroenterology", "Surgery-Vascular", "Oncology",
+    "InternalMedicine",
+    "Emergency/Trauma",
+    "Family/GeneralPractice",
+    "Cardiology",
+    "Surgery-General",
+    "Nephrology",
+    "Orthopedics",
+    "Orthopedics-Reconstructive",
+    "Radiologist",
+    "Pulmonology",
+    "Psychiatry",
+    "Urology",
+    "ObstetricsandGynecology",
+    "Surgery-Cardiovascular/Thoracic",
+    "Gastroenterology",
+    "Surgery-Vascular",
+    "Oncology",
 )  # fmt: skip  (the common ones; any other specialty is accepted and grouped as "other")
 
 # Code tables of IDs_mapping.csv, carried as the project's own constants.
