@@ -61,7 +61,11 @@ def main() -> int:
                     seconds, size = fetch_seconds(f"{base_url}/get_data?batch={number}", encoding)
                     timings[encoding].append(seconds)
                     sizes[encoding].append(size)
-            peak, now, master = memory_mb(worker, "VmHWM"), memory_mb(worker, "VmRSS"), memory_mb(server.process.pid, "VmRSS")
+            peak, now, master = (
+                memory_mb(worker, "VmHWM"),
+                memory_mb(worker, "VmRSS"),
+                memory_mb(server.process.pid, "VmRSS"),
+            )
         finally:
             server.stop()
 
@@ -70,8 +74,10 @@ def main() -> int:
     print(f"worker peak RSS (VmHWM, start-up included): {peak:.0f} MB; RSS after serving: {now:.0f} MB")
     print(f"gunicorn master RSS: {master:.0f} MB")
     for encoding in timings:
-        print(f"one batch, {encoding:>8}: median {statistics.median(timings[encoding]) * 1000:.0f} ms, "
-              f"max {max(timings[encoding]) * 1000:.0f} ms, median body {statistics.median(sizes[encoding]) / 1e6:.2f} MB")  # fmt: skip
+        print(
+            f"one batch, {encoding:>8}: median {statistics.median(timings[encoding]) * 1000:.0f} ms, "
+            f"max {max(timings[encoding]) * 1000:.0f} ms, median body {statistics.median(sizes[encoding]) / 1e6:.2f} MB"
+        )
     verdict = "PASS" if peak < TARGET_MB else "FAIL"
     print(f"{verdict}: worker peak RSS {peak:.0f} MB (target < {TARGET_MB:.0f} MB)")
     return 0 if peak < TARGET_MB else 1

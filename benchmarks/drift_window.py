@@ -43,8 +43,10 @@ def main() -> None:
     print(f"DriftWindow.add, one row (queued):          {per_request * 1e6:.1f} us per request")
 
     binning = drift.DriftWindow(profile, size=1_000, interval=0)
-    print(f"binning a full window of 1,000 rows:         {best_of(5, lambda: binning.add(table[:1_000])) * 1e3:.1f} ms "
-          "(once per 5 s per worker under load)")
+    print(
+        f"binning a full window of 1,000 rows:         {best_of(5, lambda: binning.add(table[:1_000])) * 1e3:.1f} ms "
+        "(once per 5 s per worker under load)"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,10 @@ def main() -> int:
         result = train_model(frame, settings, figures=False)
         version = str(registry.log_training(result, settings).version)
         registry.set_production(settings, version)
-        print(f"model: {result.candidate}, test ROC-AUC {result.evaluation.metrics['test_roc_auc']:.4f}, "
-              f"test ECE {result.evaluation.metrics['test_ece']:.4f}")  # fmt: skip
+        print(
+            f"model: {result.candidate}, test ROC-AUC {result.evaluation.metrics['test_roc_auc']:.4f}, "
+            f"test ECE {result.evaluation.metrics['test_ece']:.4f}"
+        )
         test = frame[frame["split"] == "test"]
         rows = test[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
         explainer = Explainer(result.model)
@@ -78,8 +80,9 @@ def main() -> int:
         )
 
         bodies = [request_body(row) for row in test.head(args.requests).astype(object).to_dict(orient="records")]
-        api, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                        "MODEL_POLL_SECONDS": "3600"}, Path(folder))  # fmt: skip
+        api, url = start_inference_api(
+            {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MODEL_POLL_SECONDS": "3600"}, Path(folder)
+        )
         try:
             latencies(url, bodies[:50], explain=True)  # warm-up: shap is imported at the first explained request
             runs: dict[bool, list[float]] = {False: [], True: []}

@@ -117,8 +117,10 @@ def report(title: str, meters: list[Meter]) -> None:
     """Median wall time, and the stages (wall, client CPU, server CPU) of the median run."""
     walls = [meter.total(0) for meter in meters]
     median = meters[walls.index(statistics.median_low(walls))]
-    print(f"{title}: median {statistics.median(walls):.3f} s wall (min {min(walls):.3f}, max {max(walls):.3f}); "
-          f"median run: {median.total(1):.3f} s client CPU + {median.total(2):.3f} s server CPU")  # fmt: skip
+    print(
+        f"{title}: median {statistics.median(walls):.3f} s wall (min {min(walls):.3f}, max {max(walls):.3f}); "
+        f"median run: {median.total(1):.3f} s client CPU + {median.total(2):.3f} s server CPU"
+    )
     if len(median.stages) > 1:
         for name, (wall, client, server) in median.stages.items():
             print(f"    {name:<20} {wall:6.3f} s wall   {client:6.3f} s client CPU   {server:6.3f} s server CPU")
@@ -153,10 +155,14 @@ def main() -> None:
         finally:
             server.stop()
             mariadb.stop()
-    print(f"one {BATCH_SIZE:,}-row batch from the data API (gunicorn) into MariaDB, {os.cpu_count()} CPUs, "
-          f"load average up to {load:.1f}")  # fmt: skip
-    report(f"ingestion (fetch, validate, clean, raw and clean writes at once), {args.runs} runs, target <= 1.5 s",
-           runs["at once"])  # fmt: skip
+    print(
+        f"one {BATCH_SIZE:,}-row batch from the data API (gunicorn) into MariaDB, {os.cpu_count()} CPUs, "
+        f"load average up to {load:.1f}"
+    )
+    report(
+        f"ingestion (fetch, validate, clean, raw and clean writes at once), {args.runs} runs, target <= 1.5 s",
+        runs["at once"],
+    )
     report(f"the same, stage after stage as the DAG's tasks run, {args.runs} runs", runs["in turn"])
     report("re-ingestion of the same batch (its rows deleted, then written again), 2 runs", reruns)
     report("naive iterrows + executemany of the raw rows only, 3 runs, about 2.8 s on an idle 2-core machine", naive)

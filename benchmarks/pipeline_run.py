@@ -66,15 +66,24 @@ def main() -> int:
         mariadb = MariaDB(root / "mariadb").start()
         data_api, url = start_data_api(dataset, root / "logs", batch_size=BATCH_SIZE)
         try:
-            settings = Settings(_env_file=None, data_dir=root / "data", dataset_path=dataset, data_api_url=url,
-                                batch_size=BATCH_SIZE, raw_db_url=mariadb.url("raw_data_db", "mysqldb"),
-                                clean_db_url=mariadb.url("clean_data_db", "mysqldb"), serving_url="http://127.0.0.1:9")  # fmt: skip
+            settings = Settings(
+                _env_file=None,
+                data_dir=root / "data",
+                dataset_path=dataset,
+                data_api_url=url,
+                batch_size=BATCH_SIZE,
+                raw_db_url=mariadb.url("raw_data_db", "mysqldb"),
+                clean_db_url=mariadb.url("clean_data_db", "mysqldb"),
+                serving_url="http://127.0.0.1:9",
+            )
             total = int(requests.get(f"{url}/health", timeout=10).json()["total_batches"])
             others = [n for n in range(1, total + 1) if n != MEASURED_BATCH]
             started = time.perf_counter()
             stored = accumulate(settings, others)
-            print(f"accumulated {stored} rows of batches {others} and a production model in "
-                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+            print(
+                f"accumulated {stored} rows of batches {others} and a production model in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
 
             os.environ.update({**settings_environment(settings), **local_run.airflow_environment(settings)})
             warm_up = local_run.run_dag_here(batch=others[-1])

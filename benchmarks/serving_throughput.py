@@ -29,9 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import subprocess
 import sys
-import resource
 import tempfile
 import time
 from contextlib import ExitStack
@@ -74,8 +74,9 @@ def register_reference_model(settings: Settings) -> str:
     from readmission.train import REFERENCE_PARAMS, Candidate, train_model
 
     classifier = GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=0)
-    result = train_model(labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)],
-                   figures=False)  # fmt: skip
+    result = train_model(
+        labelled_encounters(rows=10_000), settings, [Candidate("gradient_boosting", classifier)], figures=False
+    )
     version = str(registry.log_training(result, settings).version)
     registry.set_production(settings, version)
     return version
@@ -109,13 +110,19 @@ def run_wrk(url: str, script: Path, duration: int, workers: list[int], connectio
     (requests per worker CPU-second), whatever else the machine was running.
     """
     wrk_before, workers_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(workers)
-    output = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "--latency",
-                             "-s", str(script), url], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    figures = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-               "requests": float(re.search(r"(\d+) requests in", output).group(1)),
-               "worker_cpu_s": cpu_seconds(workers) - workers_before,
-               "wrk_cpu_s": (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)}  # fmt: skip
+    figures = {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "requests": float(re.search(r"(\d+) requests in", output).group(1)),
+        "worker_cpu_s": cpu_seconds(workers) - workers_before,
+        "wrk_cpu_s": (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime),
+    }
     for percentile in ("50", "90", "99"):
         figures[f"p{percentile}_ms"] = milliseconds(re.search(rf"^\s+{percentile}%\s+(\S+)", output, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
@@ -134,37 +141,60 @@ def request_scripts(folder: Path) -> dict[str, tuple[Path, str, int]]:
     as_csv = [chunk.to_csv(index=False) for chunk in chunks]  # the data set's format, all 50 columns
     return {
         "POST /predict": (write_script(folder, "single", singles, "application/json"), "/predict", 1),
-        "POST /predict/batch (JSON, 1,000 rows)": (write_script(folder, "batch_json", as_json, "application/json"),
-                                                   "/predict/batch", BATCH_ROWS),
-        "POST /predict/batch (CSV, 1,000 rows)": (write_script(folder, "batch_csv", as_csv, "text/csv"),
-                                                  "/predict/batch", BATCH_ROWS),
-    }  # fmt: skip
+        "POST /predict/batch (JSON, 1,000 rows)": (
+            write_script(folder, "batch_json", as_json, "application/json"),
+            "/predict/batch",
+            BATCH_ROWS,
+        ),
+        "POST /predict/batch (CSV, 1,000 rows)": (
+            write_script(folder, "batch_csv", as_csv, "text/csv"),
+            "/predict/batch",
+            BATCH_ROWS,
+        ),
+    }
 
 
 def resident_mb(pids: list[int]) -> dict[int, tuple[float, float]]:
     """pid -> (resident MB now, peak resident MB) from /proc/<pid>/status."""
     status = {pid: Path(f"/proc/{pid}/status").read_text() for pid in pids}
-    return {pid: tuple(float(re.search(rf"{field}:\s+(\d+)", text).group(1)) / 1024 for field in ("VmRSS", "VmHWM"))
-            for pid, text in status.items()}  # fmt: skip
+    return {
+        pid: tuple(float(re.search(rf"{field}:\s+(\d+)", text).group(1)) / 1024 for field in ("VmRSS", "VmHWM"))
+        for pid, text in status.items()
+    }
 
 
 def start_api(folder: Path, mlflow_url: str, version: str, workers: int, extra: dict[str, str] | None = None):
     """The API with its image's command, once every worker serves `version`: (server, url, worker pids)."""
-    api, url = start_inference_api({"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_POLL_SECONDS": "3600", **(extra or {})},
-                                   folder, workers=workers)  # fmt: skip
-    wait_until(lambda: metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info",
-                              version=version) == workers, timeout=180, what="every worker to load the model")  # fmt: skip
+    api, url = start_inference_api(
+        {"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_POLL_SECONDS": "3600", **(extra or {})}, folder, workers=workers
+    )
+    wait_until(
+        lambda: (
+            metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info", version=version)
+            == workers
+        ),
+        timeout=180,
+        what="every worker to load the model",
+    )
     return api, url, [child.pid for child in psutil.Process(api.process.pid).children()]
 
 
-def compare_keys(folder: Path, open_api: tuple[str, list[int]], keyed_api: tuple[str, list[int]], key: str,
-                 duration: int, rounds: int) -> dict[str, list[dict[str, float]]]:  # fmt: skip
+def compare_keys(
+    folder: Path,
+    open_api: tuple[str, list[int]],
+    keyed_api: tuple[str, list[int]],
+    key: str,
+    duration: int,
+    rounds: int,
+) -> dict[str, list[dict[str, float]]]:
     """`/predict` without and with key checking, `rounds` runs each, alternated; the figures of every run."""
     singles = [json.dumps(request_body(r)) for r in synthetic_dataset(1_000, seed=3).to_dict(orient="records")]
-    scripts = {"without keys": (write_script(folder, "open", singles, "application/json"), *open_api),
-               "with a key": (write_script(folder, "keyed", singles, "application/json", key), *keyed_api)}  # fmt: skip
+    scripts = {
+        "without keys": (write_script(folder, "open", singles, "application/json"), *open_api),
+        "with a key": (write_script(folder, "keyed", singles, "application/json", key), *keyed_api),
+    }
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in scripts}
-    for name, (script, url, workers) in scripts.items():
+    for script, url, workers in scripts.values():
         run_wrk(f"{url}/predict", script, 3, workers)  # warm-up
     for _ in range(rounds):
         for name, (script, url, workers) in scripts.items():
@@ -216,9 +246,12 @@ def key_route_microseconds(entries: str, key: str, calls: int = 5_000, rounds: i
 def print_key_comparison(runs: dict[str, list[dict[str, float]]]) -> None:
     for name, figures in runs.items():
         for number, f in enumerate(figures, start=1):
-            print(f"POST /predict {name}, run {number}: {f['requests_per_s']:,.0f} requests/s, p50 {f['p50_ms']:.2f} ms, "
-                  f"p99 {f['p99_ms']:.2f} ms, non-2xx {f['errors']:.0f}, "
-                  f"{f['requests'] / f['worker_cpu_s']:,.0f} requests per worker CPU-second", flush=True)  # fmt: skip
+            print(
+                f"POST /predict {name}, run {number}: {f['requests_per_s']:,.0f} requests/s, p50 {f['p50_ms']:.2f} ms, "
+                f"p99 {f['p99_ms']:.2f} ms, non-2xx {f['errors']:.0f}, "
+                f"{f['requests'] / f['worker_cpu_s']:,.0f} requests per worker CPU-second",
+                flush=True,
+            )
     (without, with_key) = ([f["requests"] / f["worker_cpu_s"] for f in runs[n]] for n in runs)
     per_request_us = (1 / (sum(with_key) / len(with_key)) - 1 / (sum(without) / len(without))) * 1e6
     print(f"key checking costs {per_request_us:+.1f} µs of worker CPU per /predict request (mean over the runs)")
@@ -246,8 +279,9 @@ def main() -> int:
         if args.api_keys:
             key = new_key("benchmark")[0]
             entries = ",".join([new_key("ui")[1], f"benchmark:{key_hash(key)}", new_key("batch")[1]])
-            keyed, keyed_url, keyed_workers = start_api(folder / "keyed", mlflow_server.url, version, args.workers,
-                                                        {"API_KEYS": entries})  # fmt: skip
+            keyed, keyed_url, keyed_workers = start_api(
+                folder / "keyed", mlflow_server.url, version, args.workers, {"API_KEYS": entries}
+            )
             servers.callback(keyed.stop)
             key_runs = compare_keys(folder, (url, workers), (keyed_url, keyed_workers), key, args.duration, args.rounds)
             keyed.stop()
@@ -260,11 +294,14 @@ def main() -> int:
             # On the machine's cores, less the share wrk itself needs, with nothing else running.
             cores = psutil.cpu_count() - figures["wrk_cpu_s"] / args.duration
             figures["capacity_rows_per_s"] = figures["requests"] * rows_per_request / figures["worker_cpu_s"] * cores
-            print(f"{name}: {figures['requests_per_s']:,.0f} requests/s, {figures['rows_per_s']:,.0f} rows/s, latency "
-                  f"p50 {figures['p50_ms']:.1f} ms, p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
-                  f"non-2xx {figures['errors']:.0f}, socket errors {figures['socket_errors']}; "
-                  f"{figures['requests'] / figures['worker_cpu_s']:,.0f} requests per worker CPU-second, so "
-                  f"{figures['capacity_rows_per_s']:,.0f} rows/s on {cores:.2f} free cores", flush=True)  # fmt: skip
+            print(
+                f"{name}: {figures['requests_per_s']:,.0f} requests/s, {figures['rows_per_s']:,.0f} rows/s, latency "
+                f"p50 {figures['p50_ms']:.1f} ms, p90 {figures['p90_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
+                f"non-2xx {figures['errors']:.0f}, socket errors {figures['socket_errors']}; "
+                f"{figures['requests'] / figures['worker_cpu_s']:,.0f} requests per worker CPU-second, so "
+                f"{figures['capacity_rows_per_s']:,.0f} rows/s on {cores:.2f} free cores",
+                flush=True,
+            )
         memory = resident_mb(workers)
     if args.api_keys:
         print_key_comparison(key_runs)
@@ -275,21 +312,27 @@ def main() -> int:
             f"{with_key - without:+.1f} µs for the check and its FastAPI dependency"
         )
     for pid, (resident, peak) in memory.items():
-        print(f"worker {pid}: resident {loaded[pid][0]:.0f} MB with the model loaded, {resident:.0f} MB after the runs "
-              f"(peak {peak:.0f} MB)")  # fmt: skip
+        print(
+            f"worker {pid}: resident {loaded[pid][0]:.0f} MB with the model loaded, {resident:.0f} MB after the runs "
+            f"(peak {peak:.0f} MB)"
+        )
     single = results["POST /predict"]
     checks = {
         f"/predict >= {PREDICT_RPS:,} requests/s": single["requests_per_s"] >= PREDICT_RPS,
         f"/predict p99 <= {PREDICT_P99_MS:.0f} ms": single["p99_ms"] <= PREDICT_P99_MS,
-        f"/predict/batch >= {BATCH_ROWS_PER_S:,} rows/s (best format)":
-            max((r["rows_per_s"] for n, r in results.items() if "batch" in n), default=0) >= BATCH_ROWS_PER_S,
+        f"/predict/batch >= {BATCH_ROWS_PER_S:,} rows/s (best format)": max(
+            (r["rows_per_s"] for n, r in results.items() if "batch" in n), default=0
+        )
+        >= BATCH_ROWS_PER_S,
         f"resident memory <= {WORKER_RSS_MB:.0f} MB per worker": max(r for r, _ in memory.values()) <= WORKER_RSS_MB,
         "no failed request": all(r["errors"] == 0 and r["socket_errors"] == "none" for r in results.values()),
-    }  # fmt: skip
+    }
     for check, met in checks.items():
         print(f"{'met' if met else 'MISSED'}: {check}")
-    print(f"load average after the runs: {' '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
-          f"on {psutil.cpu_count()} cores")  # fmt: skip
+    print(
+        f"load average after the runs: {' '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
+        f"on {psutil.cpu_count()} cores"
+    )
     return 0 if all(checks.values()) else 1
 
 

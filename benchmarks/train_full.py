@@ -43,9 +43,11 @@ def main() -> int:
     frame = load_dataset(location)
     frame["split"] = assign_split(frame["patient_nbr"])
     counts = frame["split"].value_counts()
-    print(f"data set {location}: {len(frame)} rows; train {counts['train']}, validation {counts['validation']}, "
-          f"test {counts['test']} (split by patient); {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"data set {location}: {len(frame)} rows; train {counts['train']}, validation {counts['validation']}, "
+        f"test {counts['test']} (split by patient); {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     failures = 0
     for kind in args.target or ("any", "30day"):
         started, cpu = time.perf_counter(), time.process_time()
@@ -55,11 +57,16 @@ def main() -> int:
         within = wall <= BUDGET_SECONDS
         good = metrics["test_roc_auc"] >= QUALITY_FLOOR[kind]
         failures += (not within) + (not good)
-        print(f"\ntarget {kind}: train_model() {wall:.1f} s wall ({'within' if within else 'OVER'} the {BUDGET_SECONDS:.0f} s "
-              f"budget), {cpu:.1f} s CPU; chosen {result.candidate} ({result.params.get('n_iter_', result.params.get('n_estimators'))} trees)")  # fmt: skip
+        print(
+            f"\ntarget {kind}: train_model() {wall:.1f} s wall ({'within' if within else 'OVER'} the {BUDGET_SECONDS:.0f} s "
+            f"budget), {cpu:.1f} s CPU; chosen {result.candidate} ({result.params.get('n_iter_', result.params.get('n_estimators'))} trees)"
+        )
         for name, auc in result.search.items():
-            fitted = (f"fit {result.fit_seconds[name]:6.1f} s wall, {result.fit_cpu_seconds[name]:5.1f} s CPU"
-                      if name in result.fit_seconds else "its sigmoid fitted on the validation split")  # fmt: skip
+            fitted = (
+                f"fit {result.fit_seconds[name]:6.1f} s wall, {result.fit_cpu_seconds[name]:5.1f} s CPU"
+                if name in result.fit_seconds
+                else "its sigmoid fitted on the validation split"
+            )
             print(f"  candidate {name:37s} validation ROC-AUC {auc:.4f}  {fitted}")
         fits = result.fit_cpu_seconds
         rest = cpu - sum(fits.values())  # features, scoring, evaluation, figures: one thread

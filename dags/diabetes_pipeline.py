@@ -85,7 +85,7 @@ def check_source() -> dict:
 
 
 @task
-def fetch_batch(source: dict) -> dict:
+def fetch_batch(_source: dict) -> dict:
     from readmission import pipeline
 
     return _run(pipeline.fetch_batch, get_current_context()["params"].get("batch"))
@@ -148,12 +148,12 @@ def notify_serving(promoted: dict) -> dict:
 
 
 @task
-def report_run(notified: dict) -> dict:
+def report_run(_notified: dict) -> dict:
     """Push what every task returned, and the batch's drift, to the Pushgateway (readmission.monitoring)."""
     from readmission import monitoring, pipeline
 
     results = get_current_context()["ti"].xcom_pull(task_ids=list(pipeline.TASK_IDS[:-1]))
-    return monitoring.report_run(_run_settings(), dict(zip(pipeline.TASK_IDS, results)))
+    return monitoring.report_run(_run_settings(), dict(zip(pipeline.TASK_IDS, results, strict=True)))
 
 
 @dag(

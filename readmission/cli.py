@@ -31,14 +31,14 @@ class Subcommand:
     arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-def _data_api(args: argparse.Namespace, settings: Settings) -> int:
+def _data_api(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission.data_api import serve
 
     serve(settings)
     return 0
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def _serve(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission.serving.server import serve
 
     serve(settings)
@@ -76,7 +76,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _rebuild_clean(args: argparse.Namespace, settings: Settings) -> int:
+def _rebuild_clean(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission import ingest
     from readmission.storage import Storage
 
@@ -91,7 +91,7 @@ def _rebuild_clean(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _batches(args: argparse.Namespace, settings: Settings) -> int:
+def _batches(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission.storage import Storage
 
     storage = Storage.from_settings(settings)
@@ -115,7 +115,7 @@ def _loadtest(args: argparse.Namespace, settings: Settings) -> int:
     return loadtest.run(settings, extra)
 
 
-def _train(args: argparse.Namespace, settings: Settings) -> int:
+def _train(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission.model.gate import train_and_register
 
     print(train_and_register(settings))
@@ -141,13 +141,13 @@ def _model(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
+def _demo(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission import demo
 
     return demo.run(settings)
 
 
-def _airflow(args: argparse.Namespace, settings: Settings) -> int:
+def _airflow(_args: argparse.Namespace, settings: Settings) -> int:
     from readmission import airflow_standalone
 
     return airflow_standalone.run(settings)
@@ -165,7 +165,7 @@ def _apikey_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _apikey(args: argparse.Namespace, settings: Settings) -> int:
+def _apikey(args: argparse.Namespace, _settings: Settings) -> int:
     from readmission.serving.auth import new_key
 
     key, entry = new_key(args.name)

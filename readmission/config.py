@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     data_api_security_group: str = Field("ec2-data-api", description="Name of the data API's security group.")
 
     @model_validator(mode="after")
-    def _embedded_defaults(self) -> "Settings":
+    def _embedded_defaults(self) -> Settings:
         """Fill store URLs that were left empty with files under `data_dir`."""
         data = self.data_dir.resolve()
         if not self.raw_db_url:

@@ -59,8 +59,10 @@ def load_batches(location: str, batch_size: int) -> list[bytes]:
         if not rows:
             raise DatasetError(f"the data set at {location} holds no rows")
         total = math.ceil(rows / batch_size)
-        return [_gzip_body(chunk, number, total, batch_size)
-                for number, chunk in enumerate(iter_dataset_chunks(location, batch_size), start=1)]  # fmt: skip
+        return [
+            _gzip_body(chunk, number, total, batch_size)
+            for number, chunk in enumerate(iter_dataset_chunks(location, batch_size), start=1)
+        ]
     except (ValueError, OSError, EOFError) as exc:  # pandas parse errors are ValueErrors, bad gzip an OSError
         raise DatasetError(f"cannot load the data set from {location}: {exc}") from exc
 
@@ -143,8 +145,13 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     settings = settings or get_settings()
     loaded_at = time.perf_counter()
     bodies = load_batches(settings.dataset_path, settings.batch_size)
-    logger.info("data API: %d batches of up to %d rows from %s in %.1f s", len(bodies), settings.batch_size,
-                settings.dataset_path, time.perf_counter() - loaded_at)  # fmt: skip
+    logger.info(
+        "data API: %d batches of up to %d rows from %s in %.1f s",
+        len(bodies),
+        settings.batch_size,
+        settings.dataset_path,
+        time.perf_counter() - loaded_at,
+    )
     # The clock starts once the data set is loaded, so a slow load does not eat batch 1's window.
     feed = BatchFeed(bodies, settings.batch_interval_seconds, clock)
     app = flask.Flask(__name__)
@@ -185,8 +192,13 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     @app.get("/health")
     def health() -> flask.Response:
         current = feed.current()
-        return flask.jsonify(status="ok", total_batches=feed.total, current_batch=current,
-                             exhausted=current is None, batch_size=settings.batch_size)  # fmt: skip
+        return flask.jsonify(
+            status="ok",
+            total_batches=feed.total,
+            current_batch=current,
+            exhausted=current is None,
+            batch_size=settings.batch_size,
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> flask.Response:

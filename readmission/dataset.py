@@ -130,9 +130,13 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
     stay = np.clip(rng.poisson(4.0, rows), 1, 14)
     insulin = rng.choice(encounter_columns.MEDICATION_STATUSES, size=rows, p=[0.46, 0.30, 0.12, 0.12])
     risk_score = (
-        1.0 * np.minimum(inpatient, 4) + 0.5 * np.minimum(emergency, 3) + 0.25 * (age_index - 6)
-        + 0.12 * (stay - 4) + 0.8 * np.isin(insulin, ["Up", "Down"]) - 1.0
-    )  # fmt: skip
+        1.0 * np.minimum(inpatient, 4)
+        + 0.5 * np.minimum(emergency, 3)
+        + 0.25 * (age_index - 6)
+        + 0.12 * (stay - 4)
+        + 0.8 * np.isin(insulin, ["Up", "Down"])
+        - 1.0
+    )
     probability = 1.0 / (1.0 + np.exp(-risk_score))
     diag = [_icd9_codes(rng, rows, probability) for _ in range(3)]
     readmitted = np.where(rng.random(rows) < probability, np.where(rng.random(rows) < 0.25, "<30", ">30"), "NO")
@@ -147,13 +151,21 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
             "race": pick([*encounter_columns.RACES, encounter_columns.MISSING], [0.74, 0.19, 0.02, 0.01, 0.02, 0.02]),
             "gender": pick(["Female", "Male", "Unknown/Invalid"], [0.535, 0.4645, 0.0005]),
             "age": np.asarray(encounter_columns.AGE_BRACKETS, dtype=object)[age_index],
-            "weight": pick([encounter_columns.MISSING, "[50-75)", "[75-100)", "[100-125)", ">200"], [0.96, 0.01, 0.015, 0.01, 0.005]),
+            "weight": pick(
+                [encounter_columns.MISSING, "[50-75)", "[75-100)", "[100-125)", ">200"],
+                [0.96, 0.01, 0.015, 0.01, 0.005],
+            ),
             "admission_type_id": pick(["1", "2", "3", "5", "6", "8"], [0.53, 0.18, 0.19, 0.05, 0.04, 0.01]),
-            "discharge_disposition_id": pick(["1", "3", "6", "18", "2", "22", "11", "25"], [0.6, 0.14, 0.12, 0.04, 0.03, 0.03, 0.02, 0.02]),
+            "discharge_disposition_id": pick(
+                ["1", "3", "6", "18", "2", "22", "11", "25"], [0.6, 0.14, 0.12, 0.04, 0.03, 0.03, 0.02, 0.02]
+            ),
             "admission_source_id": pick(["7", "1", "17", "4", "6", "2"], [0.56, 0.29, 0.07, 0.03, 0.03, 0.02]),
             "time_in_hospital": stay.astype(str),
             "payer_code": pick([encounter_columns.MISSING, "MC", "HM", "SP", "BC"], [0.4, 0.32, 0.1, 0.1, 0.08]),
-            "medical_specialty": pick([encounter_columns.MISSING, "InternalMedicine", "Emergency/Trauma", "Cardiology", "Hematology"], [0.49, 0.2, 0.15, 0.1, 0.06]),
+            "medical_specialty": pick(
+                [encounter_columns.MISSING, "InternalMedicine", "Emergency/Trauma", "Cardiology", "Hematology"],
+                [0.49, 0.2, 0.15, 0.1, 0.06],
+            ),
             "num_lab_procedures": np.clip(rng.normal(43, 19, rows).round(), 1, 132).astype(int).astype(str),
             "num_procedures": rng.integers(0, 7, rows).astype(str),
             "num_medications": np.clip(rng.normal(16, 8, rows).round(), 1, 81).astype(int).astype(str),
@@ -166,7 +178,10 @@ def synthetic_dataset(rows: int = 3_000, seed: int = 0, patients: int | None = N
             "number_diagnoses": np.clip(rng.normal(7.4, 1.9, rows).round(), 1, 16).astype(int).astype(str),
             "max_glu_serum": pick(encounter_columns.MAX_GLU_SERUM_VALUES, [0.95, 0.025, 0.015, 0.01]),
             "A1Cresult": pick(encounter_columns.A1C_VALUES, [0.83, 0.05, 0.04, 0.08]),
-            **{med: pick(encounter_columns.MEDICATION_STATUSES, [0.85, 0.13, 0.01, 0.01]) for med in encounter_columns.MEDICATIONS},
+            **{
+                med: pick(encounter_columns.MEDICATION_STATUSES, [0.85, 0.13, 0.01, 0.01])
+                for med in encounter_columns.MEDICATIONS
+            },
             "change": pick(encounter_columns.CHANGE_VALUES, [0.54, 0.46]),
             "diabetesMed": pick(encounter_columns.DIABETES_MED_VALUES, [0.23, 0.77]),
             "readmitted": readmitted,

@@ -26,7 +26,6 @@ from pydantic import SecretStr
 from readmission import processes
 from readmission.config import Settings
 
-
 DEMO_POLL_SECONDS = 5.0
 
 
@@ -44,7 +43,7 @@ class BatchOutcome:
     seconds: float
 
     @classmethod
-    def of(cls, batch: int, run, seconds: float) -> "BatchOutcome":
+    def of(cls, batch: int, run, seconds: float) -> BatchOutcome:
         results: dict[str, Any] = {task: result or {} for task, result in run.results.items()}
         failed = [task for task, state in run.states.items() if state not in ("success", "skipped")]
         promote = results.get("promote", {})

@@ -39,8 +39,14 @@ NUMERIC_BINS = 10
 MIN_PROPORTION = 1e-4  # an empty bin counts as this share: ln(0) would make any PSI infinite
 SIGNIFICANT_PSI = 0.25
 
-NUMERIC_FEATURES = ("time_in_hospital", "num_lab_procedures", "num_medications", "number_inpatient",
-                    "number_emergency", "number_diagnoses")  # fmt: skip
+NUMERIC_FEATURES = (
+    "time_in_hospital",
+    "num_lab_procedures",
+    "num_medications",
+    "number_inpatient",
+    "number_emergency",
+    "number_diagnoses",
+)
 CATEGORICAL_FEATURES = ("age", "A1Cresult", "insulin", "discharge_group", "diag_1_group")
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 # The raw column each feature is computed from.
@@ -206,8 +212,9 @@ def profile_of_model(model_uri: str, tracking_uri: str | None = None) -> dict[st
         metadata = Model.load(model_uri).metadata
     else:
         with tempfile.TemporaryDirectory(prefix="mlmodel-") as folder:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/MLmodel", dst_path=folder,
-                                                       tracking_uri=tracking_uri)  # fmt: skip
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/MLmodel", dst_path=folder, tracking_uri=tracking_uri
+            )
             metadata = Model.load(path).metadata
     profile = (metadata or {}).get(PROFILE_KEY)
     return checked(profile) if profile is not None else None
@@ -276,8 +283,10 @@ class DriftWindow:
         with self._lock:
             if self._rows < self.min_rows:
                 return {}
-            return {f: psi_of_counts(self.features[f]["proportions"], counts)
-                    for f, counts in zip(FEATURES, self._counts)}  # fmt: skip
+            return {
+                f: psi_of_counts(self.features[f]["proportions"], counts)
+                for f, counts in zip(FEATURES, self._counts, strict=True)
+            }
 
 
 def window_of_model(model_dir: Path | str, size: int) -> DriftWindow | None:

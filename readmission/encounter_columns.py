@@ -15,12 +15,30 @@ TARGET_COLUMN = "readmitted"
 TARGET_VALUES = ("NO", ">30", "<30")
 
 MEDICATIONS = (
-    "metformin", "repaglinide", "nateglinide", "chlorpropamide", "glimepiride",
-    "acetohexamide", "glipizide", "glyburide", "tolbutamide", "pioglitazone",
-    "rosiglitazone", "acarbose", "miglitol", "troglitazone", "tolazamide", "examide",
-    "citoglipton", "insulin", "glyburide-metformin", "glipizide-metformin",
-    "glimepiride-pioglitazone", "metformin-rosiglitazone", "metformin-pioglitazone",
-)  # fmt: skip
+    "metformin",
+    "repaglinide",
+    "nateglinide",
+    "chlorpropamide",
+    "glimepiride",
+    "acetohexamide",
+    "glipizide",
+    "glyburide",
+    "tolbutamide",
+    "pioglitazone",
+    "rosiglitazone",
+    "acarbose",
+    "miglitol",
+    "troglitazone",
+    "tolazamide",
+    "examide",
+    "citoglipton",
+    "insulin",
+    "glyburide-metformin",
+    "glipizide-metformin",
+    "glimepiride-pioglitazone",
+    "metformin-rosiglitazone",
+    "metformin-pioglitazone",
+)
 MEDICATION_STATUSES = ("No", "Steady", "Up", "Down")
 
 # Counts and their plausible ranges (inclusive); a value outside quarantines the row.
@@ -39,13 +57,35 @@ DIAGNOSIS_COLUMNS = ("diag_1", "diag_2", "diag_3")
 
 # The 50 source columns, in the file's order.
 COLUMNS = (
-    "encounter_id", "patient_nbr", "race", "gender", "age", "weight",
-    "admission_type_id", "discharge_disposition_id", "admission_source_id",
-    "time_in_hospital", "payer_code", "medical_specialty", "num_lab_procedures",
-    "num_procedures", "num_medications", "number_outpatient", "number_emergency",
-    "number_inpatient", "diag_1", "diag_2", "diag_3", "number_diagnoses",
-    "max_glu_serum", "A1Cresult", *MEDICATIONS, "change", "diabetesMed", "readmitted",
-)  # fmt: skip
+    "encounter_id",
+    "patient_nbr",
+    "race",
+    "gender",
+    "age",
+    "weight",
+    "admission_type_id",
+    "discharge_disposition_id",
+    "admission_source_id",
+    "time_in_hospital",
+    "payer_code",
+    "medical_specialty",
+    "num_lab_procedures",
+    "num_procedures",
+    "num_medications",
+    "number_outpatient",
+    "number_emergency",
+    "number_inpatient",
+    "diag_1",
+    "diag_2",
+    "diag_3",
+    "number_diagnoses",
+    "max_glu_serum",
+    "A1Cresult",
+    *MEDICATIONS,
+    "change",
+    "diabetesMed",
+    "readmitted",
+)
 # What a prediction needs: everything but identifiers and the target.
 FEATURE_INPUT_COLUMNS = tuple(c for c in COLUMNS if c not in (*ID_COLUMNS, TARGET_COLUMN))
 
@@ -76,13 +116,19 @@ MEDICAL_SPECIALTIES = (
     "Gastroenterology",
     "Surgery-Vascular",
     "Oncology",
-)  # fmt: skip  (the common ones; any other specialty is accepted and grouped as "other")
+)  # the common ones; any other specialty is accepted and grouped as "other"
 
 # Code tables of IDs_mapping.csv, carried as the project's own constants.
 ADMISSION_TYPES: dict[int, str] = {
-    1: "Emergency", 2: "Urgent", 3: "Elective", 4: "Newborn", 5: "Not Available",
-    6: "NULL", 7: "Trauma Center", 8: "Not Mapped",
-}  # fmt: skip
+    1: "Emergency",
+    2: "Urgent",
+    3: "Elective",
+    4: "Newborn",
+    5: "Not Available",
+    6: "NULL",
+    7: "Trauma Center",
+    8: "Not Mapped",
+}
 DISCHARGE_DISPOSITIONS: dict[int, str] = {
     1: "Discharged to home",
     2: "Discharged/transferred to another short term hospital",
@@ -116,18 +162,32 @@ DISCHARGE_DISPOSITIONS: dict[int, str] = {
     30: "Discharged/transferred to another Type of Health Care Institution not Defined Elsewhere",
 }
 ADMISSION_SOURCES: dict[int, str] = {
-    1: "Physician Referral", 2: "Clinic Referral", 3: "HMO Referral",
-    4: "Transfer from a hospital", 5: "Transfer from a Skilled Nursing Facility (SNF)",
-    6: "Transfer from another health care facility", 7: "Emergency Room",
-    8: "Court/Law Enforcement", 9: "Not Available",
-    10: "Transfer from critical access hospital", 11: "Normal Delivery",
-    12: "Premature Delivery", 13: "Sick Baby", 14: "Extramural Birth", 15: "Not Available",
-    17: "NULL", 18: "Transfer From Another Home Health Agency",
-    19: "Readmission to Same Home Health Agency", 20: "Not Mapped", 21: "Unknown/Invalid",
+    1: "Physician Referral",
+    2: "Clinic Referral",
+    3: "HMO Referral",
+    4: "Transfer from a hospital",
+    5: "Transfer from a Skilled Nursing Facility (SNF)",
+    6: "Transfer from another health care facility",
+    7: "Emergency Room",
+    8: "Court/Law Enforcement",
+    9: "Not Available",
+    10: "Transfer from critical access hospital",
+    11: "Normal Delivery",
+    12: "Premature Delivery",
+    13: "Sick Baby",
+    14: "Extramural Birth",
+    15: "Not Available",
+    17: "NULL",
+    18: "Transfer From Another Home Health Agency",
+    19: "Readmission to Same Home Health Agency",
+    20: "Not Mapped",
+    21: "Unknown/Invalid",
     22: "Transfer from hospital inpt/same fac reslt in a sep claim",
-    23: "Born inside this hospital", 24: "Born outside this hospital",
-    25: "Transfer from Ambulatory Surgery Center", 26: "Transfer from Hospice",
-}  # fmt: skip
+    23: "Born inside this hospital",
+    24: "Born outside this hospital",
+    25: "Transfer from Ambulatory Surgery Center",
+    26: "Transfer from Hospice",
+}
 
 # Closed vocabularies of the categorical source columns (the missing marker aside).
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -139,11 +199,21 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "A1Cresult": A1C_VALUES,
     "change": CHANGE_VALUES,
     "diabetesMed": DIABETES_MED_VALUES,
-    **{med: MEDICATION_STATUSES for med in MEDICATIONS},
+    **dict.fromkeys(MEDICATIONS, MEDICATION_STATUSES),
 }
 
 # ICD-9 groups of Strack et al. 2014, in the order the features list them.
 DIAGNOSIS_GROUPS = (
-    "circulatory", "respiratory", "digestive", "diabetes", "injury",
-    "musculoskeletal", "genitourinary", "neoplasms", "other", "v_code", "e_code", "missing",
-)  # fmt: skip
+    "circulatory",
+    "respiratory",
+    "digestive",
+    "diabetes",
+    "injury",
+    "musculoskeletal",
+    "genitourinary",
+    "neoplasms",
+    "other",
+    "v_code",
+    "e_code",
+    "missing",
+)

@@ -105,8 +105,9 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray, threshol
     }
 
 
-def group_table(rows: pd.DataFrame, y_true: np.ndarray, probability: np.ndarray, threshold: float,
-                min_rows: int = MIN_GROUP_ROWS) -> pd.DataFrame:  # fmt: skip
+def group_table(
+    rows: pd.DataFrame, y_true: np.ndarray, probability: np.ndarray, threshold: float, min_rows: int = MIN_GROUP_ROWS
+) -> pd.DataFrame:
     """ROC-AUC, ECE, positive rate (share predicted positive at `threshold`) and recall of each group of
     `GROUP_ATTRIBUTES`, computed by fairlearn's MetricFrame; one row per group.
 
@@ -121,15 +122,23 @@ def group_table(rows: pd.DataFrame, y_true: np.ndarray, probability: np.ndarray,
         # One metric returning them all: MetricFrame copies each group's rows once per metric function. ROC-AUC
         # and recall without scikit-learn's per-call checks, which cost more than the figures (same values).
         positive, predicted = y == 1, p >= threshold
-        return {"roc_auc": _rank_auc(y, p) if 0 < positive.sum() < len(y) else float("nan"),
-                "ece": expected_calibration_error(y, p), "positive_rate": float(np.mean(predicted)),
-                "recall": float(np.mean(predicted[positive])) if positive.any() else 0.0,
-                "readmitted_rate": float(np.mean(y)), "encounters": len(y)}  # fmt: skip
+        return {
+            "roc_auc": _rank_auc(y, p) if 0 < positive.sum() < len(y) else float("nan"),
+            "ece": expected_calibration_error(y, p),
+            "positive_rate": float(np.mean(predicted)),
+            "recall": float(np.mean(predicted[positive])) if positive.any() else 0.0,
+            "readmitted_rate": float(np.mean(y)),
+            "encounters": len(y),
+        }
 
     tables = []
     for attribute, column in GROUP_ATTRIBUTES.items():
-        frame = MetricFrame(metrics={"scores": scores}, y_true=y_true, y_pred=probability,
-                            sensitive_features=rows[column].fillna(encounter_columns.MISSING).astype(str).rename(attribute))  # fmt: skip
+        frame = MetricFrame(
+            metrics={"scores": scores},
+            y_true=y_true,
+            y_pred=probability,
+            sensitive_features=rows[column].fillna(encounter_columns.MISSING).astype(str).rename(attribute),
+        )
         by_group = frame.by_group["scores"]
         table = pd.DataFrame(list(by_group), index=by_group.index).reset_index().rename(columns={attribute: "group"})
         table.insert(0, "attribute", attribute)
@@ -149,19 +158,25 @@ def group_summary(table: pd.DataFrame) -> dict[str, float | str]:
         return {}
     worst = scored.loc[scored["roc_auc"].idxmin()]
     gap = scored.groupby("attribute")["roc_auc"].agg(lambda auc: auc.max() - auc.min()).max()
-    return {"roc_auc_worst_group": float(worst["roc_auc"]), "roc_auc_group_gap": float(gap),
-            "worst_group": f"{worst['attribute']}={worst['group']}"}  # fmt: skip
+    return {
+        "roc_auc_worst_group": float(worst["roc_auc"]),
+        "roc_auc_group_gap": float(gap),
+        "worst_group": f"{worst['attribute']}={worst['group']}",
+    }
 
 
-def evaluate(model: Pipeline, splits: dict[str, tuple[pd.DataFrame, np.ndarray]], *, figures: bool = True,
-             seed: int = 0) -> Evaluation:  # fmt: skip
+def evaluate(
+    model: Pipeline, splits: dict[str, tuple[pd.DataFrame, np.ndarray]], *, figures: bool = True, seed: int = 0
+) -> Evaluation:
     """Score `model` on each split (`validation` is required: it picks the threshold) and draw the test figures."""
     probabilities = {name: positive_probability(model, frame) for name, (frame, _) in splits.items()}
     threshold = choose_threshold(splits["validation"][1], probabilities["validation"])
     metrics = {"decision_threshold": threshold}
     for name, (_, y_true) in splits.items():
-        metrics |= {f"{name}_{key}": float(value) for key, value in
-                    classification_metrics(y_true, probabilities[name], threshold).items()}  # fmt: skip
+        metrics |= {
+            f"{name}_{key}": float(value)
+            for key, value in classification_metrics(y_true, probabilities[name], threshold).items()
+        }
     report = "test" if "test" in splits else "validation"
     frame, y_true = splits[report]
     groups = group_table(frame, y_true, probabilities[report], threshold)
@@ -202,11 +217,14 @@ def feature_importances(model: Pipeline, frame: pd.DataFrame, y_true: np.ndarray
                     copies.append(copy)
             return positive_probability(classifier, pd.DataFrame(np.concatenate(copies), columns=features.columns))
 
-    chunks = [range(first, min(first + IMPORTANCE_CHUNK, values.shape[1]))
-              for first in range(0, values.shape[1], IMPORTANCE_CHUNK)]  # fmt: skip
+    chunks = [
+        range(first, min(first + IMPORTANCE_CHUNK, values.shape[1]))
+        for first in range(0, values.shape[1], IMPORTANCE_CHUNK)
+    ]
     drops = np.zeros(values.shape[1])
     scored = Parallel(n_jobs=min(len(chunks), os.cpu_count() or 1), prefer="threads")(
-        delayed(permuted_scores)(columns) for columns in chunks)  # fmt: skip
+        delayed(permuted_scores)(columns) for columns in chunks
+    )
     for columns, scores in zip(chunks, scored, strict=True):
         for i, column in enumerate(columns):
             repeats = scores[i * IMPORTANCE_REPEATS * n : (i + 1) * IMPORTANCE_REPEATS * n].reshape(
@@ -230,34 +248,47 @@ def reliability_diagram(y_true: np.ndarray, probability: np.ndarray, split: str 
     number of encounters in each bin below: the bins the ECE is computed on."""
     figure = Figure(figsize=(6, 6), layout="constrained")
     curve, counts = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    CalibrationDisplay.from_predictions(y_true, probability, n_bins=ECE_BINS, strategy="uniform", ax=curve,
-                                        name="model")  # fmt: skip
+    CalibrationDisplay.from_predictions(
+        y_true, probability, n_bins=ECE_BINS, strategy="uniform", ax=curve, name="model"
+    )
     curve.set_xlabel("")
     counts.hist(probability, bins=np.linspace(0, 1, ECE_BINS + 1), color="#607d8b")
     counts.set_xlabel("predicted probability of readmission")
     counts.set_ylabel("encounters")
-    figure.suptitle(f"{split}: reliability diagram, ECE {expected_calibration_error(y_true, probability):.3f}, "
-                    f"Brier {brier_score_loss(y_true, probability):.3f}")  # fmt: skip
+    figure.suptitle(
+        f"{split}: reliability diagram, ECE {expected_calibration_error(y_true, probability):.3f}, "
+        f"Brier {brier_score_loss(y_true, probability):.3f}"
+    )
     return figure
 
 
-def draw_figures(y_true: np.ndarray, probability: np.ndarray, threshold: float, importances: dict[str, float],
-                 split: str = "test") -> dict[str, Figure]:  # fmt: skip
+def draw_figures(
+    y_true: np.ndarray, probability: np.ndarray, threshold: float, importances: dict[str, float], split: str = "test"
+) -> dict[str, Figure]:
     """Confusion matrix, ROC and precision-recall curves, calibration and the top feature importances."""
-    figures = {name: Figure(figsize=(6, 5), layout="constrained") for name in
-               ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png")}  # fmt: skip
-    ConfusionMatrixDisplay.from_predictions(y_true, (probability >= threshold).astype(int), labels=[0, 1],
-                                            ax=figures["confusion_matrix.png"].subplots(), colorbar=False)  # fmt: skip
+    figures = {
+        name: Figure(figsize=(6, 5), layout="constrained")
+        for name in ("confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png")
+    }
+    ConfusionMatrixDisplay.from_predictions(
+        y_true,
+        (probability >= threshold).astype(int),
+        labels=[0, 1],
+        ax=figures["confusion_matrix.png"].subplots(),
+        colorbar=False,
+    )
     figures["confusion_matrix.png"].suptitle(f"{split}: confusion matrix at threshold {threshold:.3f}")
     RocCurveDisplay.from_predictions(
         y_true, probability, ax=figures["roc_curve.png"].subplots(), plot_chance_level=True
     )
     figures["roc_curve.png"].suptitle(f"{split}: ROC curve")
-    PrecisionRecallDisplay.from_predictions(y_true, probability, ax=figures["pr_curve.png"].subplots(),
-                                            plot_chance_level=True)  # fmt: skip
+    PrecisionRecallDisplay.from_predictions(
+        y_true, probability, ax=figures["pr_curve.png"].subplots(), plot_chance_level=True
+    )
     figures["pr_curve.png"].suptitle(f"{split}: precision-recall curve")
-    CalibrationDisplay.from_predictions(y_true, probability, n_bins=10, strategy="quantile",
-                                        ax=figures["calibration.png"].subplots())  # fmt: skip
+    CalibrationDisplay.from_predictions(
+        y_true, probability, n_bins=10, strategy="quantile", ax=figures["calibration.png"].subplots()
+    )
     figures["calibration.png"].suptitle(f"{split}: calibration (deciles of predicted probability)")
     figures["reliability_diagram.png"] = reliability_diagram(y_true, probability, split)
     top = list(importances.items())[:IMPORTANCE_TOP][::-1]

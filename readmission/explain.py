@@ -76,11 +76,17 @@ class Explanation:
         contributions = self.contributions[row]
         order = np.argsort(-np.abs(contributions), kind="stable")[:limit]
         return [
-            {"field": FIELDS[i], "label": field_label(FIELDS[i]), "value": _plain(self.values[row, i]),
-             "value_label": value_label(FIELDS[i], self.values[row, i]), "contribution": float(contributions[i]),
-             "direction": "raises" if contributions[i] > 0 else "lowers"}
-            for i in order if contributions[i] != 0
-        ]  # fmt: skip
+            {
+                "field": FIELDS[i],
+                "label": field_label(FIELDS[i]),
+                "value": _plain(self.values[row, i]),
+                "value_label": value_label(FIELDS[i], self.values[row, i]),
+                "contribution": float(contributions[i]),
+                "direction": "raises" if contributions[i] > 0 else "lowers",
+            }
+            for i in order
+            if contributions[i] != 0
+        ]
 
 
 def _plain(value: Any) -> Any:

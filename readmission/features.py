@@ -24,11 +24,21 @@ from readmission.validation import CODE_COLUMNS
 RACE_LEVELS = (*encounter_columns.RACES, "missing")
 ADMISSION_TYPE_LEVELS = ("1", "2", "3", "5", "6", "8")
 DISCHARGE_LEVELS = {
-    "home": ("1",), "short_term_hospital": ("2",), "snf": ("3",), "icf": ("4",),
-    "inpatient_care": ("5",), "home_health": ("6",), "left_ama": ("7",),
-    "expired": ("11", "19", "20", "21"), "hospice": ("13", "14"), "null": ("18",),
-    "rehab": ("22",), "long_term_care": ("23",), "not_mapped": ("25", "26"), "psychiatric": ("28",),
-}  # fmt: skip
+    "home": ("1",),
+    "short_term_hospital": ("2",),
+    "snf": ("3",),
+    "icf": ("4",),
+    "inpatient_care": ("5",),
+    "home_health": ("6",),
+    "left_ama": ("7",),
+    "expired": ("11", "19", "20", "21"),
+    "hospice": ("13", "14"),
+    "null": ("18",),
+    "rehab": ("22",),
+    "long_term_care": ("23",),
+    "not_mapped": ("25", "26"),
+    "psychiatric": ("28",),
+}
 ADMISSION_SOURCE_LEVELS = ("1", "2", "4", "5", "6", "7", "9", "17", "20")
 SPECIALTY_LEVELS = (*encounter_columns.MEDICAL_SPECIALTIES, "missing")
 PAYER_LEVELS = ("MC", "HM", "SP", "BC", "MD", "CP", "UN", "CM", "missing")
@@ -115,7 +125,11 @@ def _cell_codes(X: pd.DataFrame | np.ndarray | CodedEncounters) -> tuple[np.ndar
     """
     if isinstance(X, CodedEncounters):
         return X.codes, X.values
-    if isinstance(X, pd.DataFrame) and len(X) >= COLUMN_BY_COLUMN_ROWS and any(t != object for t in X.dtypes):
+    if (
+        isinstance(X, pd.DataFrame)
+        and len(X) >= COLUMN_BY_COLUMN_ROWS
+        and not all(pd.api.types.is_object_dtype(t) for t in X.dtypes)
+    ):
         return _column_by_column(X)
     table = input_matrix(X)  # Python objects: one hash pass over all cells costs less than a call per column
     codes, distinct = _missing_as_marker(*pd.factorize(table.ravel()))
@@ -129,7 +143,9 @@ def _number(values: np.ndarray) -> np.ndarray:
 
 def _code(numbers: np.ndarray) -> np.ndarray:
     """Id numbers (e.g. admission_type_id) as canonical strings: 1, "1" and "1.0" agree."""
-    return np.where(np.isfinite(numbers), np.nan_to_num(numbers).astype(np.int64).astype(str), encounter_columns.MISSING)
+    return np.where(
+        np.isfinite(numbers), np.nan_to_num(numbers).astype(np.int64).astype(str), encounter_columns.MISSING
+    )
 
 
 def _icd9_groups(codes: np.ndarray) -> np.ndarray:
@@ -198,7 +214,7 @@ def _levels(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 
 def _indicator(name: str, members: tuple[str, ...]) -> Encoding:
-    return _lookup((name,), {m: (1.0,) for m in members}, (0.0,))
+    return _lookup((name,), dict.fromkeys(members, (1.0,)), (0.0,))
 
 
 def _test_result(prefix: str, order: dict[str, int]) -> Encoding:
@@ -216,21 +232,41 @@ DISCHARGE = _one_hot("discharge", DISCHARGE_LEVELS)
 ADMISSION_SOURCE = _one_hot("admission_source", {v: (v,) for v in ADMISSION_SOURCE_LEVELS})
 SPECIALTY = _one_hot("specialty", _levels(SPECIALTY_LEVELS))
 PAYER = _one_hot("payer", _levels(PAYER_LEVELS))
-DIAGNOSIS_GROUP = _lookup(encounter_columns.DIAGNOSIS_GROUPS, {g: tuple(np.eye(len(encounter_columns.DIAGNOSIS_GROUPS))[i])
-                          for i, g in enumerate(encounter_columns.DIAGNOSIS_GROUPS)}, (0.0,) * len(encounter_columns.DIAGNOSIS_GROUPS))  # fmt: skip
+DIAGNOSIS_GROUP = _lookup(
+    encounter_columns.DIAGNOSIS_GROUPS,
+    {
+        g: tuple(np.eye(len(encounter_columns.DIAGNOSIS_GROUPS))[i])
+        for i, g in enumerate(encounter_columns.DIAGNOSIS_GROUPS)
+    },
+    (0.0,) * len(encounter_columns.DIAGNOSIS_GROUPS),
+)
 GLUCOSE = _test_result("max_glu_serum", GLUCOSE_ORDER)
 A1C = _test_result("a1c", A1C_ORDER)
 MEDICATION_RANK = _lookup(("rank",), {status: (float(rank),) for status, rank in MEDICATION_ORDER.items()}, (0.0,))
 CHANGE = _indicator("medication_change", ("Ch",))
 DIABETES_MEDICATION = _indicator("diabetes_medication", ("Yes",))
 # Each raw column and its encoding, in output order; the counts and derived features follow the payer.
-CATEGORICAL = (("race", RACE), ("gender", GENDER), ("age", AGE), ("weight", WEIGHT),
-               ("admission_type_id", ADMISSION_TYPE), ("discharge_disposition_id", DISCHARGE),
-               ("admission_source_id", ADMISSION_SOURCE), ("medical_specialty", SPECIALTY), ("payer_code", PAYER))  # fmt: skip
+CATEGORICAL = (
+    ("race", RACE),
+    ("gender", GENDER),
+    ("age", AGE),
+    ("weight", WEIGHT),
+    ("admission_type_id", ADMISSION_TYPE),
+    ("discharge_disposition_id", DISCHARGE),
+    ("admission_source_id", ADMISSION_SOURCE),
+    ("medical_specialty", SPECIALTY),
+    ("payer_code", PAYER),
+)
 ID_COLUMNS = CODE_COLUMNS  # looked up by their id code
 # Every encoding that looks a raw value up, by the column it encodes (the 23 medications share one).
-LOOKUPS: dict[str, Encoding] = {**dict(CATEGORICAL), "max_glu_serum": GLUCOSE, "A1Cresult": A1C, "change": CHANGE,
-                                "diabetesMed": DIABETES_MEDICATION, "medications": MEDICATION_RANK}  # fmt: skip
+LOOKUPS: dict[str, Encoding] = {
+    **dict(CATEGORICAL),
+    "max_glu_serum": GLUCOSE,
+    "A1Cresult": A1C,
+    "change": CHANGE,
+    "diabetesMed": DIABETES_MEDICATION,
+    "medications": MEDICATION_RANK,
+}
 LOOKUP_POSITION = {column: i for i, column in enumerate(LOOKUPS)}
 
 
@@ -248,7 +284,9 @@ def _facts_of(values: list[object]) -> dict[object, tuple[float, int, tuple[int,
     by_column = LOOKUPS.items()
     lookups = np.column_stack([lookup.rows(ids if column in ID_COLUMNS else texts) for column, lookup in by_column])
     groups = DIAGNOSIS_GROUP.rows(_icd9_groups(texts))
-    return dict(zip(values, zip(numbers.tolist(), groups.tolist(), map(tuple, lookups.tolist()))))
+    return dict(
+        zip(values, zip(numbers.tolist(), groups.tolist(), map(tuple, lookups.tolist()), strict=True), strict=True)
+    )
 
 
 def _value_facts(distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -262,15 +300,18 @@ def _value_facts(distinct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if len(_FACTS) < FACTS_LIMIT:
         _FACTS.update(fresh)
     facts = [_FACTS.get(v) or fresh[v] for v in distinct]
-    numbers, groups, lookups = zip(*facts) if facts else ((), (), ())
-    return (np.array(numbers, dtype=float), np.array(groups, dtype=np.intp),
-            np.array(lookups, dtype=np.intp).reshape(len(facts), len(LOOKUPS)))  # fmt: skip
+    numbers, groups, lookups = zip(*facts, strict=False) if facts else ((), (), ())
+    return (
+        np.array(numbers, dtype=float),
+        np.array(groups, dtype=np.intp),
+        np.array(lookups, dtype=np.intp).reshape(len(facts), len(LOOKUPS)),
+    )
 
 
 class EncounterFeatures(TransformerMixin, BaseEstimator):
     """Raw encounter columns -> numeric features with a fixed, documented set of columns."""
 
-    def fit(self, X: pd.DataFrame, y=None) -> "EncounterFeatures":  # noqa: N803 (sklearn's naming)
+    def fit(self, X: pd.DataFrame, y=None) -> EncounterFeatures:  # noqa: N803 (sklearn's naming)
         """Nothing to learn: the vocabularies are the data set's own, fixed in `schema`."""
         self.n_features_out_ = len(self.get_feature_names_out())
         return self
@@ -283,7 +324,9 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         row: one hash pass over the cells plus a few array operations, whatever the size.
         """
         codes, distinct = _cell_codes(X)
-        at = dict(zip(encounter_columns.FEATURE_INPUT_COLUMNS, codes))  # column -> index of each cell in `distinct`
+        at = dict(
+            zip(encounter_columns.FEATURE_INPUT_COLUMNS, codes, strict=True)
+        )  # column -> index of each cell in `distinct`
         numbers, group_of, lookups = _value_facts(distinct)
 
         def rows(column: str, encoding: Encoding) -> Block:
@@ -302,7 +345,7 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
             *(
                 ([f"{column}_{g}" for g in encounter_columns.DIAGNOSIS_GROUPS], group_rows[at[column]])
                 for column in encounter_columns.DIAGNOSIS_COLUMNS
-            ),  # fmt: skip
+            ),
             rows("max_glu_serum", GLUCOSE),
             rows("A1Cresult", A1C),
             ([f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS], medications),
@@ -315,12 +358,15 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         ]
         names = tuple(name for block_names, _ in blocks for name in block_names)
         index = X.index if isinstance(X, pd.DataFrame) else None
-        return pd.DataFrame(np.hstack([values for _, values in blocks]), columns=_output_columns(names), index=index,
-                            copy=False)  # fmt: skip
+        return pd.DataFrame(
+            np.hstack([values for _, values in blocks]), columns=_output_columns(names), index=index, copy=False
+        )
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """The output columns, the same for every input."""
-        return self.transform(pd.DataFrame(columns=list(encounter_columns.FEATURE_INPUT_COLUMNS))).columns.to_numpy(dtype=object)
+        return self.transform(pd.DataFrame(columns=list(encounter_columns.FEATURE_INPUT_COLUMNS))).columns.to_numpy(
+            dtype=object
+        )
 
 
 @lru_cache
@@ -339,11 +385,17 @@ def target(readmitted: pd.Series, kind: str = "any") -> pd.Series:
 # the feature each column makes (one per column, in the same order), and that share from those values.
 DERIVED_FEATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...], object]] = {
     "total_prior_visits": (VISIT_COLUMNS, VISIT_COLUMNS, lambda visits: visits),
-    "medications_active": (encounter_columns.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
-                           lambda ranks: ranks > 0),
-    "medications_changed": (encounter_columns.MEDICATIONS, tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
-                            lambda ranks: ranks >= 2),
-}  # fmt: skip
+    "medications_active": (
+        encounter_columns.MEDICATIONS,
+        tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
+        lambda ranks: ranks > 0,
+    ),
+    "medications_changed": (
+        encounter_columns.MEDICATIONS,
+        tuple(f"med_{m.replace('-', '_')}" for m in encounter_columns.MEDICATIONS),
+        lambda ranks: ranks >= 2,
+    ),
+}
 
 
 @lru_cache

@@ -33,8 +33,10 @@ SUMMARY_FILE, HTML_FILE, CSV_PREFIX = "summary.md", "report.html", "stats"
 
 def request_body(row: Mapping[str, str]) -> dict[str, int | str]:
     """A raw data-set row (text) as the service's request: numbers where the service takes codes or counts."""
-    return {column: int(row[column]) if spec.codes is not None or spec.count_range is not None else row[column]
-            for column, spec in FIELDS.items()}  # fmt: skip
+    return {
+        column: int(row[column]) if spec.codes is not None or spec.count_range is not None else row[column]
+        for column, spec in FIELDS.items()
+    }
 
 
 def encounter_pool(settings: Settings) -> list[bytes]:
@@ -51,7 +53,7 @@ def encounter_pool(settings: Settings) -> list[bytes]:
         frame = synthetic_dataset(rows=rows, seed=settings.random_seed)
     columns = encounter_columns.FEATURE_INPUT_COLUMNS
     rows_as_text = frame[list(columns)].to_numpy(dtype=object)  # far faster than to_dict on arrow strings
-    return [json.dumps(request_body(dict(zip(columns, row)))).encode() for row in rows_as_text]
+    return [json.dumps(request_body(dict(zip(columns, row, strict=True)))).encode() for row in rows_as_text]
 
 
 def batch_body(pool: Sequence[bytes], rows: int, rng: random.Random) -> bytes:
@@ -158,13 +160,20 @@ class EndpointStats:
     p99_ms: float
 
 
-def summary_markdown(settings: Settings, host: str, whole_run: Measurement, endpoints: Sequence[EndpointStats],
-                     steps: Sequence[Step] = ()) -> str:  # fmt: skip
+def summary_markdown(
+    settings: Settings,
+    host: str,
+    whole_run: Measurement,
+    endpoints: Sequence[EndpointStats],
+    steps: Sequence[Step] = (),
+) -> str:
     """The short markdown report: verdict, the broken SLO with its value, per-endpoint figures, capacity."""
     broken = run_breaches(settings.loadtest_shape, whole_run, steps, settings)
     if settings.loadtest_shape == "step":
-        shape = (f"step: +{settings.loadtest_step_users} users every {settings.loadtest_step_seconds:g} s, "
-                 f"at most {settings.loadtest_max_users}")  # fmt: skip
+        shape = (
+            f"step: +{settings.loadtest_step_users} users every {settings.loadtest_step_seconds:g} s, "
+            f"at most {settings.loadtest_max_users}"
+        )
     else:
         shape = f"constant: {settings.loadtest_users} users for {settings.loadtest_run_seconds:g} s"
     lines = [
@@ -179,17 +188,37 @@ def summary_markdown(settings: Settings, host: str, whole_run: Measurement, endp
         f"- verdict: **{'FAIL' if broken else 'PASS'}**" + "".join(f"; SLO broken: {b}" for b in broken),
         _capacity_line(settings.loadtest_shape, whole_run, steps, broken),
         "",
-        *_table(("endpoint", "requests", "failures", "requests/s", "p50 ms", "p95 ms", "p99 ms"), (
-            (f"{e.method} {e.name}", e.requests, e.failures, f"{e.rps:.1f}", f"{e.p50_ms:.0f}", f"{e.p95_ms:.0f}",
-             f"{e.p99_ms:.0f}") for e in endpoints
-        )),
-    ]  # fmt: skip
+        *_table(
+            ("endpoint", "requests", "failures", "requests/s", "p50 ms", "p95 ms", "p99 ms"),
+            (
+                (
+                    f"{e.method} {e.name}",
+                    e.requests,
+                    e.failures,
+                    f"{e.rps:.1f}",
+                    f"{e.p50_ms:.0f}",
+                    f"{e.p95_ms:.0f}",
+                    f"{e.p99_ms:.0f}",
+                )
+                for e in endpoints
+            ),
+        ),
+    ]
     if steps:
         lines += ["", "## Steps", ""]
-        lines += _table(("users", "requests/s", f"p95 {PREDICT} ms", "failure ratio", "SLOs"), (
-            (s.users, f"{s.measurement.rps:.1f}", _ms(s.measurement.predict_p95_ms),
-             f"{s.measurement.failure_ratio:.2%}", "; ".join(map(str, s.breaches)) or "kept") for s in steps
-        ))  # fmt: skip
+        lines += _table(
+            ("users", "requests/s", f"p95 {PREDICT} ms", "failure ratio", "SLOs"),
+            (
+                (
+                    s.users,
+                    f"{s.measurement.rps:.1f}",
+                    _ms(s.measurement.predict_p95_ms),
+                    f"{s.measurement.failure_ratio:.2%}",
+                    "; ".join(map(str, s.breaches)) or "kept",
+                )
+                for s in steps
+            ),
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -220,10 +249,19 @@ def locust_command(settings: Settings, extra_args: Sequence[str] = ()) -> list[s
     """The headless Locust run (its users target `settings.api_url`), with CSV and HTML under the report folder."""
     report_dir = settings.loadtest_report_dir
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "--csv", str(report_dir / CSV_PREFIX), "--html", str(report_dir / HTML_FILE),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(report_dir / CSV_PREFIX),
+        "--html",
+        str(report_dir / HTML_FILE),
         *extra_args,
-    ]  # fmt: skip
+    ]
 
 
 def run(settings: Settings, extra_args: Sequence[str] = ()) -> int:

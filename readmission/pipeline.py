@@ -97,8 +97,9 @@ def mysqlclient_url(uri: str) -> str:
     return make_url(uri).set(drivername="mysql+mysqldb").render_as_string(hide_password=False)
 
 
-def run_settings(settings: Settings, raw_db_uri: str | None = None, clean_db_uri: str | None = None,
-                 force_retrain: bool = False) -> Settings:  # fmt: skip
+def run_settings(
+    settings: Settings, raw_db_uri: str | None = None, clean_db_uri: str | None = None, force_retrain: bool = False
+) -> Settings:
     """The settings of one run: database URIs from Airflow connections when given, and the run's params."""
     update: dict[str, Any] = {"force_retrain": settings.force_retrain or force_retrain}
     if raw_db_uri:
@@ -106,8 +107,6 @@ def run_settings(settings: Settings, raw_db_uri: str | None = None, clean_db_uri
     if clean_db_uri:
         update["clean_db_url"] = mysqlclient_url(clean_db_uri)
     return settings.model_copy(update=update)
-
-
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -232,8 +231,12 @@ def score_batch(settings: Settings, batch: int) -> dict:
         return unscored
     version = production["version"]
     if batch in _trained_batches(production):
-        log.info("batch %d: @%s version %s was trained on it, so it is not scored again", batch, settings.model_alias,
-                 version)  # fmt: skip
+        log.info(
+            "batch %d: @%s version %s was trained on it, so it is not scored again",
+            batch,
+            settings.model_alias,
+            version,
+        )
         return unscored | {"model_version": version}
     model = registry.load_pipeline(settings, f"models:/{settings.model_name}/{version}")
     threshold = production["metrics"].get("decision_threshold", 0.5)
@@ -241,14 +244,32 @@ def score_batch(settings: Settings, batch: int) -> dict:
         rows = storage.read_clean_batch(batch)
         labels = features.target(rows[encounter_columns.TARGET_COLUMN], settings.target).to_numpy()
         probability = evaluate.positive_probability(model, rows)
-        predictions = pd.DataFrame({"encounter_id": rows["encounter_id"].astype("int64"), "probability": probability,
-                                    "prediction": (probability >= threshold).astype(int), "label": labels})  # fmt: skip
+        predictions = pd.DataFrame(
+            {
+                "encounter_id": rows["encounter_id"].astype("int64"),
+                "probability": probability,
+                "prediction": (probability >= threshold).astype(int),
+                "label": labels,
+            }
+        )
         stored = storage.write_predictions(batch, settings.model_name, version, predictions)
     live = evaluate.classification_metrics(labels, probability, threshold)
-    log.info("batch %d: @%s version %s live ROC-AUC %.4f, accuracy %.4f on %d encounters", batch,
-             settings.model_alias, version, live["roc_auc"], live["accuracy"], stored)  # fmt: skip
-    return {"batch": batch, "model_version": version, "rows_scored": stored,
-            "live_roc_auc": _figure(live["roc_auc"]), "live_accuracy": _figure(live["accuracy"])}  # fmt: skip
+    log.info(
+        "batch %d: @%s version %s live ROC-AUC %.4f, accuracy %.4f on %d encounters",
+        batch,
+        settings.model_alias,
+        version,
+        live["roc_auc"],
+        live["accuracy"],
+        stored,
+    )
+    return {
+        "batch": batch,
+        "model_version": version,
+        "rows_scored": stored,
+        "live_roc_auc": _figure(live["roc_auc"]),
+        "live_accuracy": _figure(live["accuracy"]),
+    }
 
 
 def _import_model_logging() -> None:
@@ -277,10 +298,18 @@ def train(settings: Settings, batch: int) -> dict:
     result = training.train_model(frame, settings)
     version = registry.log_training(result, settings)
     metrics = result.evaluation.metrics
-    return {"batch": batch, "trained": True, "version": str(version.version), "run_id": version.run_id,
-            "batches": batches, "candidate": result.candidate, "training_rows": result.lineage.rows["train"],
-            "validation_roc_auc": _figure(metrics.get("validation_roc_auc")),
-            "test_roc_auc": _figure(metrics.get("test_roc_auc")), "training_seconds": round(result.seconds, 3)}  # fmt: skip
+    return {
+        "batch": batch,
+        "trained": True,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "batches": batches,
+        "candidate": result.candidate,
+        "training_rows": result.lineage.rows["train"],
+        "validation_roc_auc": _figure(metrics.get("validation_roc_auc")),
+        "test_roc_auc": _figure(metrics.get("test_roc_auc")),
+        "training_seconds": round(result.seconds, 3),
+    }
 
 
 @_timed

@@ -18,9 +18,10 @@ import json
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import botocore.session
@@ -105,8 +106,10 @@ def _retry_while_role_propagates(call: Callable[[], Any]) -> Any:
         try:
             return call()
         except ClientError as exc:
-            role_not_ready = _error_code(exc) in {"InvalidParameterValueException", "ValidationException"} \
-                and "role" in str(exc).lower()  # fmt: skip
+            role_not_ready = (
+                _error_code(exc) in {"InvalidParameterValueException", "ValidationException"}
+                and "role" in str(exc).lower()
+            )
             if not role_not_ready or attempt == IAM_PROPAGATION_ATTEMPTS - 1:
                 raise
             time.sleep(IAM_PROPAGATION_DELAY_SECONDS)
@@ -133,8 +136,9 @@ def ensure_role(iam, role: RoleSpec, dry_run: bool) -> Change:
     current = _get_or_none(lambda: iam.get_role(RoleName=role.name)["Role"])
     if current is None:
         if not dry_run:
-            iam.create_role(RoleName=role.name, AssumeRolePolicyDocument=json.dumps(role.trust),
-                            Description=role.description)  # fmt: skip
+            iam.create_role(
+                RoleName=role.name, AssumeRolePolicyDocument=json.dumps(role.trust), Description=role.description
+            )
             iam.put_role_policy(RoleName=role.name, PolicyName=role.policy_name, PolicyDocument=json.dumps(role.policy))
         return Change("iam role", role.name, "create", dry_run=dry_run)
     policy = _get_or_none(lambda: iam.get_role_policy(RoleName=role.name, PolicyName=role.policy_name))
@@ -157,8 +161,9 @@ def ensure_function(lambda_client, name: str, configuration: dict[str, Any], pac
     current = _get_or_none(lambda: lambda_client.get_function_configuration(FunctionName=name))
     if current is None:
         if not dry_run:
-            _retry_while_role_propagates(lambda: lambda_client.create_function(
-                FunctionName=name, Code={"ZipFile": package}, **configuration))  # fmt: skip
+            _retry_while_role_propagates(
+                lambda: lambda_client.create_function(FunctionName=name, Code={"ZipFile": package}, **configuration)
+            )
             lambda_client.get_waiter("function_active_v2").wait(FunctionName=name)
         return Change("lambda function", name, "create", dry_run=dry_run)
     code_differs = current.get("CodeSha256") != code_sha256(package)
@@ -169,8 +174,9 @@ def ensure_function(lambda_client, name: str, configuration: dict[str, Any], pac
         lambda_client.update_function_code(FunctionName=name, ZipFile=package)
         lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
     if not dry_run and differing:
-        _retry_while_role_propagates(lambda: lambda_client.update_function_configuration(
-            FunctionName=name, **configuration))  # fmt: skip
+        _retry_while_role_propagates(
+            lambda: lambda_client.update_function_configuration(FunctionName=name, **configuration)
+        )
         lambda_client.get_waiter("function_updated_v2").wait(FunctionName=name)
     detail = ", ".join((["code"] if code_differs else []) + differing)
     return Change("lambda function", name, "update", detail, dry_run)
@@ -185,15 +191,17 @@ def ensure_schedule(scheduler, name: str, definition: dict[str, Any], dry_run: b
     current = _get_schedule(scheduler, name)
     if current is None:
         if not dry_run:
-            _retry_while_role_propagates(lambda: scheduler.create_schedule(
-                Name=name, GroupName=SCHEDULE_GROUP, **definition))  # fmt: skip
+            _retry_while_role_propagates(
+                lambda: scheduler.create_schedule(Name=name, GroupName=SCHEDULE_GROUP, **definition)
+            )
         return Change("schedule", name, "create", dry_run=dry_run)
     differing = _differing_fields(definition, current)
     if not differing:
         return Change("schedule", name, "unchanged", dry_run=dry_run)
     if not dry_run:
-        _retry_while_role_propagates(lambda: scheduler.update_schedule(
-            Name=name, GroupName=SCHEDULE_GROUP, **definition))  # fmt: skip
+        _retry_while_role_propagates(
+            lambda: scheduler.update_schedule(Name=name, GroupName=SCHEDULE_GROUP, **definition)
+        )
     return Change("schedule", name, "update", ", ".join(differing), dry_run)
 
 
@@ -207,8 +215,9 @@ def _delete(kind: str, name: str, exists: bool, delete: Callable[[], Any], dry_r
 
 def delete_schedule(scheduler, name: str, dry_run: bool) -> Change:
     exists = _get_schedule(scheduler, name) is not None
-    return _delete("schedule", name, exists, lambda: scheduler.delete_schedule(Name=name, GroupName=SCHEDULE_GROUP),
-                   dry_run)  # fmt: skip
+    return _delete(
+        "schedule", name, exists, lambda: scheduler.delete_schedule(Name=name, GroupName=SCHEDULE_GROUP), dry_run
+    )
 
 
 def delete_function(lambda_client, name: str, dry_run: bool) -> Change:
@@ -250,8 +259,7 @@ def _session(config: SchedulerConfig, session: boto3.session.Session | None) -> 
     return session or boto3.session.Session(botocore_session=_botocore_session(), region_name=config.region)
 
 
-def setup(config: SchedulerConfig, dry_run: bool = False,
-          session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+def setup(config: SchedulerConfig, dry_run: bool = False, session: boto3.session.Session | None = None) -> list[Change]:
     """Create or update the IAM roles, both Lambda functions and both schedules; what changed, per resource."""
     if not config.instance_ids:
         raise ValueError("no EC2 instance ids: pass --instance-ids or set EC2_INSTANCE_IDS")
@@ -269,12 +277,15 @@ def setup(config: SchedulerConfig, dry_run: bool = False,
 
 
 def _ensure_schedules(scheduler, config: SchedulerConfig, account: Account, dry_run: bool) -> list[Change]:
-    return [ensure_schedule(scheduler, config.schedule_name(action), schedule_definition(config, account, action),
-                            dry_run) for action in ACTIONS]  # fmt: skip
+    return [
+        ensure_schedule(scheduler, config.schedule_name(action), schedule_definition(config, account, action), dry_run)
+        for action in ACTIONS
+    ]
 
 
-def update_schedule(config: SchedulerConfig, dry_run: bool = False,
-                    session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+def update_schedule(
+    config: SchedulerConfig, dry_run: bool = False, session: boto3.session.Session | None = None
+) -> list[Change]:
     """Set both schedules to the configured times and time zone; LookupError when setup has not run."""
     session = _session(config, session)
     scheduler = session.client("scheduler")
@@ -285,8 +296,9 @@ def update_schedule(config: SchedulerConfig, dry_run: bool = False,
     return _ensure_schedules(scheduler, config, Account.of(session), dry_run)
 
 
-def teardown(config: SchedulerConfig, dry_run: bool = False,
-             session: boto3.session.Session | None = None) -> list[Change]:  # fmt: skip
+def teardown(
+    config: SchedulerConfig, dry_run: bool = False, session: boto3.session.Session | None = None
+) -> list[Change]:
     """Delete the schedules, the functions (and their log groups) and both roles; absent ones are reported."""
     session = _session(config, session)
     scheduler, lambda_client = session.client("scheduler"), session.client("lambda")
@@ -323,14 +335,19 @@ def argument_parser(description: str, settings: Settings, *, instances: bool, ti
     """The scripts' arguments; each defaults to its setting."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--region", help=f"AWS region (AWS_REGION: {settings.aws_region})")
-    parser.add_argument("--name-prefix", help="prefix of the functions' and schedules' names "
-                                              f"(LAMBDA_NAME_PREFIX: {settings.lambda_name_prefix})")  # fmt: skip
+    parser.add_argument(
+        "--name-prefix",
+        help=f"prefix of the functions' and schedules' names (LAMBDA_NAME_PREFIX: {settings.lambda_name_prefix})",
+    )
     parser.add_argument("--lambda-role-name", help=f"LAMBDA_ROLE_NAME: {settings.lambda_role_name}")
     parser.add_argument("--scheduler-role-name", help=f"SCHEDULER_ROLE_NAME: {settings.scheduler_role_name}")
     if instances:
         current_ids = settings.ec2_instance_ids or "unset"
-        parser.add_argument("--instance-ids", type=parse_instance_ids,
-                            help=f"comma-separated EC2 instance ids (EC2_INSTANCE_IDS: {current_ids})")  # fmt: skip
+        parser.add_argument(
+            "--instance-ids",
+            type=parse_instance_ids,
+            help=f"comma-separated EC2 instance ids (EC2_INSTANCE_IDS: {current_ids})",
+        )
     if times:
         parser.add_argument("--timezone", help=f"IANA time zone (SCHEDULE_TIMEZONE: {settings.schedule_timezone})")
         parser.add_argument("--start-time", help=f"HH:MM (START_TIME: {settings.start_time})")
@@ -339,8 +356,12 @@ def argument_parser(description: str, settings: Settings, *, instances: bool, ti
     return parser
 
 
-def run_command(command: Callable[..., list[Change]], parser: argparse.ArgumentParser,
-                argv: list[str] | None = None, settings: Settings | None = None) -> int:  # fmt: skip
+def run_command(
+    command: Callable[..., list[Change]],
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None = None,
+    settings: Settings | None = None,
+) -> int:
     """Parse `argv`, run `command` (setup, update_schedule or teardown), print the changes; the exit code."""
     args = vars(parser.parse_args(argv))
     dry_run = args.pop("dry_run")

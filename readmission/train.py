@@ -64,8 +64,12 @@ REFERENCE_PARAMS: dict[str, Any] = {"n_estimators": 200, "learning_rate": 0.05, 
 # prior-visit total they add to included): clinically expected, and what a clinician reading the factors
 # relies on. GradientBoostingClassifier has no such constraint in scikit-learn.
 HIST_MONOTONIC: dict[str, int] = {"number_inpatient": 1, "total_prior_visits": 1}
-HIST_EARLY_STOPPING: dict[str, Any] = {"max_iter": 1_000, "early_stopping": True, "validation_fraction": 0.1,
-                                       "monotonic_cst": HIST_MONOTONIC}  # fmt: skip
+HIST_EARLY_STOPPING: dict[str, Any] = {
+    "max_iter": 1_000,
+    "early_stopping": True,
+    "validation_fraction": 0.1,
+    "monotonic_cst": HIST_MONOTONIC,
+}
 HIST_SEARCH: tuple[dict[str, Any], ...] = (
     {"learning_rate": 0.1, "n_iter_no_change": 20, "max_leaf_nodes": 31, "min_samples_leaf": 50, "max_features": 0.5},
     {
@@ -152,9 +156,13 @@ def default_candidates(seed: int) -> list[Candidate]:
     reference = Candidate(
         "gradient_boosting", GradientBoostingClassifier(**REFERENCE_PARAMS, random_state=seed), sparse=True
     )
-    search = [Candidate(f"hist_gradient_boosting_{i + 1}",
-                        HistGradientBoostingClassifier(**HIST_EARLY_STOPPING, **params, random_state=seed))
-              for i, params in enumerate(HIST_SEARCH)]  # fmt: skip
+    search = [
+        Candidate(
+            f"hist_gradient_boosting_{i + 1}",
+            HistGradientBoostingClassifier(**HIST_EARLY_STOPPING, **params, random_state=seed),
+        )
+        for i, params in enumerate(HIST_SEARCH)
+    ]
     return [reference, *search]
 
 
@@ -168,8 +176,10 @@ def labelled_splits(frame: pd.DataFrame, kind: str) -> dict[str, tuple[pd.DataFr
         rows = frame[frame["split"] == split].reset_index(drop=True)
         labels = target(rows[encounter_columns.TARGET_COLUMN], kind).to_numpy()
         if len(np.unique(labels)) < 2:
-            raise ValueError(f"the {split} split needs both classes of the {kind!r} target to train and evaluate, "
-                             f"it has {len(rows)} rows with labels {sorted(set(labels.tolist()))}")  # fmt: skip
+            raise ValueError(
+                f"the {split} split needs both classes of the {kind!r} target to train and evaluate, "
+                f"it has {len(rows)} rows with labels {sorted(set(labels.tolist()))}"
+            )
         splits[split] = (rows, labels)
     return splits
 
@@ -184,8 +194,9 @@ def _fit(candidate: Candidate, features: pd.DataFrame, labels: np.ndarray) -> tu
         return fitted, time.perf_counter() - started, time.thread_time() - cpu
 
 
-def fit_candidates(candidates: Sequence[Candidate], train: tuple[pd.DataFrame, np.ndarray],
-                   side_jobs: Sequence[Callable[[], Any]] = ()) -> tuple[list[tuple[BaseEstimator, float, float]], list]:  # fmt: skip
+def fit_candidates(
+    candidates: Sequence[Candidate], train: tuple[pd.DataFrame, np.ndarray], side_jobs: Sequence[Callable[[], Any]] = ()
+) -> tuple[list[tuple[BaseEstimator, float, float]], list]:
     """Each candidate's classifier fitted on the train split's features, one per core at a time, with the
     wall and CPU seconds its fit took; then the results of `side_jobs`, run on whichever core frees first
     (work that waits for no fit, done while the last fits finish)."""
@@ -205,8 +216,14 @@ def fingerprint(frame: pd.DataFrame) -> str:
 def git_commit() -> str:
     """The commit of the checkout the package runs from, or "unknown" (an installed wheel, no git)."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10, check=True)  # fmt: skip
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip() or "unknown"
@@ -222,13 +239,18 @@ def package_version() -> str:
 def lineage(frame: pd.DataFrame, splits: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> Lineage:
     """The lineage of a model trained on `splits` of `frame`."""
     batches = tuple(sorted({int(b) for b in frame["batch_number"]})) if "batch_number" in frame else ()
-    return Lineage(batches=batches, rows={name: len(rows) for name, (rows, _) in splits.items()},
-                   fingerprint=fingerprint(splits["train"][0]), package_version=package_version(),
-                   git_commit=git_commit())  # fmt: skip
+    return Lineage(
+        batches=batches,
+        rows={name: len(rows) for name, (rows, _) in splits.items()},
+        fingerprint=fingerprint(splits["train"][0]),
+        package_version=package_version(),
+        git_commit=git_commit(),
+    )
 
 
-def train_model(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None,
-          figures: bool = True) -> TrainingResult:  # fmt: skip
+def train_model(
+    frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None = None, figures: bool = True
+) -> TrainingResult:
     """Fit every candidate on the train split, keep the best on validation, evaluate it on validation and test.
 
     `frame` is `Storage.labelled_encounters()`: the 50 source columns, `split` and (optionally)
@@ -238,26 +260,33 @@ def train_model(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Ca
         return _train(frame, settings, candidates, figures)
 
 
-def _train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None,
-           figures: bool) -> TrainingResult:  # fmt: skip
+def _train(
+    frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candidate] | None, figures: bool
+) -> TrainingResult:
     started = time.perf_counter()
     candidates = list(candidates or default_candidates(settings.random_seed))
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate names must be unique, got {names}")
     splits = labelled_splits(frame, settings.target)
-    fits, (trained_on, profile) = fit_candidates(candidates, splits["train"], side_jobs=(
-        partial(lineage, frame, splits), partial(drift.reference_profile, splits["train"][0])))  # fmt: skip
-    fitted, seconds, cpu_seconds = zip(*fits)
+    fits, (trained_on, profile) = fit_candidates(
+        candidates,
+        splits["train"],
+        side_jobs=(partial(lineage, frame, splits), partial(drift.reference_profile, splits["train"][0])),
+    )
+    fitted, seconds, cpu_seconds = zip(*fits, strict=False)
     validation_rows, validation_labels = splits["validation"]
     validation_features = EncounterFeatures().fit(validation_rows).transform(validation_rows)
-    search = {c.name: float(roc_auc_score(validation_labels, positive_probability(classifier, validation_features)))
-              for c, classifier in zip(candidates, fitted)}  # fmt: skip
+    search = {
+        c.name: float(roc_auc_score(validation_labels, positive_probability(classifier, validation_features)))
+        for c, classifier in zip(candidates, fitted, strict=True)
+    }
     best = max(range(len(candidates)), key=lambda i: search[candidates[i].name])
     name, classifier, params = candidates[best].name, fitted[best], _params(fitted[best])
     sigmoid = calibrated(classifier, validation_features, validation_labels)
-    search[f"{name}{CALIBRATED_SUFFIX}"] = float(roc_auc_score(validation_labels,
-                                                              positive_probability(sigmoid, validation_features)))  # fmt: skip
+    search[f"{name}{CALIBRATED_SUFFIX}"] = float(
+        roc_auc_score(validation_labels, positive_probability(sigmoid, validation_features))
+    )
     if search[f"{name}{CALIBRATED_SUFFIX}"] >= search[name]:  # the calibrated candidate when it ranks as well
         name, classifier, params = f"{name}{CALIBRATED_SUFFIX}", sigmoid, params | {"calibration": CALIBRATION}
     model = build_pipeline(classifier)
@@ -268,8 +297,8 @@ def _train(frame: pd.DataFrame, settings: Settings, candidates: Sequence[Candida
         params=params,
         target=settings.target,
         search=search,
-        fit_seconds={c.name: round(t, 3) for c, t in zip(candidates, seconds)},
-        fit_cpu_seconds={c.name: round(t, 3) for c, t in zip(candidates, cpu_seconds)},
+        fit_seconds={c.name: round(t, 3) for c, t in zip(candidates, seconds, strict=True)},
+        fit_cpu_seconds={c.name: round(t, 3) for c, t in zip(candidates, cpu_seconds, strict=True)},
         evaluation=evaluate(
             model, {k: splits[k] for k in ("validation", "test")}, figures=figures, seed=settings.random_seed
         ),

@@ -115,7 +115,9 @@ def row_problems(frame: pd.DataFrame) -> pd.Series:
     allowed = ", ".join(f"'{v}'" for v in encounter_columns.TARGET_VALUES)
     target = frame[encounter_columns.TARGET_COLUMN]
     reasons.add(
-        ~as_text(target).isin(encounter_columns.TARGET_VALUES), f"{encounter_columns.TARGET_COLUMN} must be one of {allowed}, got ", target
+        ~as_text(target).isin(encounter_columns.TARGET_VALUES),
+        f"{encounter_columns.TARGET_COLUMN} must be one of {allowed}, got ",
+        target,
     )
     return reasons.text
 

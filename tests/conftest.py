@@ -188,8 +188,9 @@ def synthetic_data_api(synthetic_csv, tmp_path_factory) -> str:
     from tests.servers import start_data_api
 
     # An hour per batch: the suite takes longer than the four batches would last at the real 5 minutes each.
-    server, url = start_data_api(synthetic_csv, tmp_path_factory.mktemp("data-api-logs"), batch_size=1_000,
-                                 interval=3600.0)  # fmt: skip
+    server, url = start_data_api(
+        synthetic_csv, tmp_path_factory.mktemp("data-api-logs"), batch_size=1_000, interval=3600.0
+    )
     yield url
     server.stop()
 
@@ -217,7 +218,7 @@ def served_model(tmp_path_factory) -> ServedModel:
 
 class TrackingServer(NamedTuple):
     url: str  # the server's MLFLOW_TRACKING_URI
-    s3: "S3Server"  # noqa: F821 - the S3 endpoint holding its artifacts (tests.servers.S3Server)
+    s3: S3Server  # noqa: F821 - the S3 endpoint holding its artifacts (tests.servers.S3Server)
     bucket: str  # its artifacts are under s3://<bucket>/artifacts
     backend_store_uri: str  # its backend store: database `mlflow_server_db` on the session's MariaDB
 

@@ -10,8 +10,9 @@ from readmission import encounter_columns
 from readmission.dataset import synthetic_dataset
 
 
-def encounter_rows(rows: int = 300, seed: int = 0, first_encounter_id: int = 1_000,
-                   patients: int | None = None) -> pd.DataFrame:  # fmt: skip
+def encounter_rows(
+    rows: int = 300, seed: int = 0, first_encounter_id: int = 1_000, patients: int | None = None
+) -> pd.DataFrame:
     """Synthetic encounters as the data API client gives them (object columns of text), with
     encounter ids first_encounter_id, first_encounter_id + 1, ...: batches built with disjoint
     ranges never share an encounter."""
@@ -23,15 +24,37 @@ def encounter_rows(rows: int = 300, seed: int = 0, first_encounter_id: int = 1_0
 def encounter(**overrides) -> dict[str, str]:
     """One encounter's 50 source columns as the data set writes them; keyword arguments override values."""
     row = {
-        "encounter_id": "2278392", "patient_nbr": "8222157", "race": "Caucasian", "gender": "Female",
-        "age": "[70-80)", "weight": "?", "admission_type_id": "1", "discharge_disposition_id": "1",
-        "admission_source_id": "7", "time_in_hospital": "3", "payer_code": "MC", "medical_specialty": "Cardiology",
-        "num_lab_procedures": "41", "num_procedures": "1", "num_medications": "12", "number_outpatient": "1",
-        "number_emergency": "0", "number_inpatient": "2", "diag_1": "428", "diag_2": "250.01", "diag_3": "V45",
-        "number_diagnoses": "9", "max_glu_serum": "None", "A1Cresult": "None",
+        "encounter_id": "2278392",
+        "patient_nbr": "8222157",
+        "race": "Caucasian",
+        "gender": "Female",
+        "age": "[70-80)",
+        "weight": "?",
+        "admission_type_id": "1",
+        "discharge_disposition_id": "1",
+        "admission_source_id": "7",
+        "time_in_hospital": "3",
+        "payer_code": "MC",
+        "medical_specialty": "Cardiology",
+        "num_lab_procedures": "41",
+        "num_procedures": "1",
+        "num_medications": "12",
+        "number_outpatient": "1",
+        "number_emergency": "0",
+        "number_inpatient": "2",
+        "diag_1": "428",
+        "diag_2": "250.01",
+        "diag_3": "V45",
+        "number_diagnoses": "9",
+        "max_glu_serum": "None",
+        "A1Cresult": "None",
         **dict.fromkeys(encounter_columns.MEDICATIONS, "No"),
-        "insulin": "Up", "metformin": "Steady", "change": "Ch", "diabetesMed": "Yes", "readmitted": "NO",
-    }  # fmt: skip
+        "insulin": "Up",
+        "metformin": "Steady",
+        "change": "Ch",
+        "diabetesMed": "Yes",
+        "readmitted": "NO",
+    }
     unknown = set(overrides) - set(row)
     if unknown:
         raise KeyError(f"not source columns: {sorted(unknown)}")
@@ -92,9 +115,14 @@ def monitored_store(settings, version: str, rows: int = 400) -> None:
                 continue
             labels = target(batch["readmitted"]).to_numpy()
             probability = evaluate.positive_probability(model, batch)
-            predictions = pd.DataFrame({"encounter_id": batch["encounter_id"].astype("int64"),
-                                        "probability": probability, "prediction": (probability >= 0.5).astype(int),
-                                        "label": 1 - labels if number == 3 else labels})  # fmt: skip
+            predictions = pd.DataFrame(
+                {
+                    "encounter_id": batch["encounter_id"].astype("int64"),
+                    "probability": probability,
+                    "prediction": (probability >= 0.5).astype(int),
+                    "label": 1 - labels if number == 3 else labels,
+                }
+            )
             storage.write_predictions(number, settings.model_name, version, predictions)
     finally:
         storage.dispose()
@@ -109,30 +137,67 @@ def pipeline_run_figures(batch: int = 3, scored_by: str | None = "2") -> dict[st
     return {
         "check_source": {"instance_state": None, "data_api_url": "http://data-api:5001", "seconds": 0.05},
         "fetch_batch": {"batch": batch, "total_batches": 7, "rows_fetched": 1_000, "seconds": 1.2},
-        "store_raw": {"batch": batch, "rows_received": 1_000, "rows_stored_raw": 1_000, "rows_rejected_raw": 0,
-                      "seconds": 2.0},
-        "store_clean": {"batch": batch, "rows_received": 1_000, "rows_stored": 990, "rows_rejected": 10,
-                        "seconds": 1.5},
-        "export_batch": {"batch": batch, "rows_exported": 990, "clean": f"data/batches/{batch}/clean.parquet",
-                         "seconds": 0.3},
-        "score_batch": {"batch": batch, "model_version": scored_by, "rows_scored": 990, "live_roc_auc": 0.64,
-                        "live_accuracy": 0.61, "seconds": 2.5},
-        "train": {"batch": batch, "trained": True, "version": "3", "training_rows": 2_100, "training_seconds": 41.5,
-                  "seconds": 43.0},
+        "store_raw": {
+            "batch": batch,
+            "rows_received": 1_000,
+            "rows_stored_raw": 1_000,
+            "rows_rejected_raw": 0,
+            "seconds": 2.0,
+        },
+        "store_clean": {
+            "batch": batch,
+            "rows_received": 1_000,
+            "rows_stored": 990,
+            "rows_rejected": 10,
+            "seconds": 1.5,
+        },
+        "export_batch": {
+            "batch": batch,
+            "rows_exported": 990,
+            "clean": f"data/batches/{batch}/clean.parquet",
+            "seconds": 0.3,
+        },
+        "score_batch": {
+            "batch": batch,
+            "model_version": scored_by,
+            "rows_scored": 990,
+            "live_roc_auc": 0.64,
+            "live_accuracy": 0.61,
+            "seconds": 2.5,
+        },
+        "train": {
+            "batch": batch,
+            "trained": True,
+            "version": "3",
+            "training_rows": 2_100,
+            "training_seconds": 41.5,
+            "seconds": 43.0,
+        },
         "register": {"batch": batch, "version": "3", "new_version": True, "seconds": 0.2},
-        "promote": {"batch": batch, "version": "3", "decision": "promoted", "promoted": True,
-                    "challenger_roc_auc": 0.66, "champion_roc_auc": 0.65, "champion_version": scored_by,
-                    "seconds": 3.1},
+        "promote": {
+            "batch": batch,
+            "version": "3",
+            "decision": "promoted",
+            "promoted": True,
+            "challenger_roc_auc": 0.66,
+            "champion_roc_auc": 0.65,
+            "champion_version": scored_by,
+            "seconds": 3.1,
+        },
         "notify_serving": {"batch": batch, "notified": True, "seconds": 0.1},
-    }  # fmt: skip
+    }
 
 
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of the samples of `name` whose labels include `labels`, in a Prometheus text exposition."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))  # fmt: skip
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def signature_types(signature) -> dict[str, str]:
@@ -155,8 +220,9 @@ def saved_model(folder, seed: int = 0, pickled: bool = False):
     pipeline = build_pipeline(GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=seed))
     pipeline.fit(frame, target(frame["readmitted"]))
     if pickled:
-        mlflow.sklearn.save_model(pipeline, str(folder), serialization_format="cloudpickle",
-                                  pip_requirements=["scikit-learn"])  # fmt: skip
+        mlflow.sklearn.save_model(
+            pipeline, str(folder), serialization_format="cloudpickle", pip_requirements=["scikit-learn"]
+        )
         return folder
     return mlflow_model.save_model(pipeline, folder, frame.head(3))
 

@@ -64,18 +64,26 @@ def http_ok(url: str) -> bool:
 class ServerProcess:
     """A subprocess serving HTTP, ready when `ready_url` answers 2xx; its output goes to a log file."""
 
-    def __init__(self, args: list[str], ready_url: str, log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, timeout: float = 90.0):  # fmt: skip
+    def __init__(
+        self,
+        args: list[str],
+        ready_url: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 90.0,
+    ):
         self.args, self.ready_url, self.log_path = args, ready_url, log_path
         self.env = {**os.environ, **(env or {})}
         self.cwd, self.timeout = cwd, timeout
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        cwd=self.cwd, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd, start_new_session=True
+        )
         try:
             wait_until(self._ready, self.timeout, what=f"{self.args[0]} at {self.ready_url}")
         except TimeoutError as exc:
@@ -119,19 +127,28 @@ class MariaDB:
                 return str(found)
         raise FileNotFoundError(f"none of {names} found: `make test` installs mariadb-server")
 
-    def start(self) -> "MariaDB":
+    def start(self) -> MariaDB:
         if not self.datadir.exists():
             self.datadir.mkdir(parents=True)
             subprocess.run(
-                [self.binary("mariadb-install-db", "mysql_install_db"), "--no-defaults", f"--datadir={self.datadir}",
-                 "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"],
-                check=True, capture_output=True,
-            )  # fmt: skip
+                [
+                    self.binary("mariadb-install-db", "mysql_install_db"),
+                    "--no-defaults",
+                    f"--datadir={self.datadir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                check=True,
+                capture_output=True,
+            )
             self._launch()
             self.sql(
                 f"CREATE USER IF NOT EXISTS '{self.USER}'@'%' IDENTIFIED BY '{self.PASSWORD}';"
-                + "".join(f"CREATE DATABASE IF NOT EXISTS {db}; GRANT ALL ON {db}.* TO '{self.USER}'@'%';"
-                          for db in self.DATABASES)  # fmt: skip
+                + "".join(
+                    f"CREATE DATABASE IF NOT EXISTS {db}; GRANT ALL ON {db}.* TO '{self.USER}'@'%';"
+                    for db in self.DATABASES
+                )
                 + "FLUSH PRIVILEGES;"
             )
         else:
@@ -141,12 +158,25 @@ class MariaDB:
     def _launch(self) -> None:
         log = (self.root / "mariadb.log").open("ab")
         self.process = subprocess.Popen(
-            [self.binary("mariadbd", "mysqld"), "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.socket}",
-             f"--pid-file={self.root / 'mysqld.pid'}", "--skip-name-resolve", "--innodb-buffer-pool-size=128M",
-             "--max-allowed-packet=4M", "--innodb-flush-log-at-trx-commit=2", "--skip-log-bin"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                self.binary("mariadbd", "mysqld"),
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--user=root",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.socket}",
+                f"--pid-file={self.root / 'mysqld.pid'}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=128M",
+                "--max-allowed-packet=4M",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--skip-log-bin",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._accepts, 60, what="MariaDB to accept connections")
 
     def _accepts(self) -> bool:
@@ -157,8 +187,11 @@ class MariaDB:
 
     def sql(self, statements: str) -> None:
         """Run `statements` as root, through the socket."""
-        subprocess.run([self.binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", "-uroot",
-                        "-e", statements], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [self.binary("mariadb", "mysql"), "--no-defaults", f"--socket={self.socket}", "-uroot", "-e", statements],
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, database: str, driver: str = "pymysql") -> str:
         """SQLAlchemy URL of `database` for the test user, through `driver` (pymysql or mysqldb: mysqlclient)."""
@@ -166,8 +199,10 @@ class MariaDB:
 
     def create(self, database: str) -> str:
         """A fresh, empty database of the test user; its URL."""
-        self.sql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};"
-                 f"GRANT ALL ON {database}.* TO '{self.USER}'@'%';")  # fmt: skip
+        self.sql(
+            f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};"
+            f"GRANT ALL ON {database}.* TO '{self.USER}'@'%';"
+        )
         return self.url(database)
 
     def reset(self, *databases: str) -> None:
@@ -222,8 +257,9 @@ class AirflowAPI:
         return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
 
 
-def start_airflow(settings, metadata_db: str, connections: dict[str, str], log_path: Path,
-                  env: dict[str, str] | None = None) -> tuple[ServerProcess, AirflowAPI]:  # fmt: skip
+def start_airflow(
+    settings, metadata_db: str, connections: dict[str, str], log_path: Path, env: dict[str, str] | None = None
+) -> tuple[ServerProcess, AirflowAPI]:
     """`readmission airflow` (what `make airflow` runs) on `settings`, with `metadata_db` as Airflow's metadata
     database and `connections` (conn id -> SQLAlchemy MySQL URL) as Airflow connections; the process, and the
     REST API signed in with the login the command printed."""
@@ -234,13 +270,20 @@ def start_airflow(settings, metadata_db: str, connections: dict[str, str], log_p
     environment |= {
         "PATH": "/usr/bin:/bin",  # the command puts the venv first itself
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,
-        **{f"AIRFLOW_CONN_{conn_id.upper()}": re.sub(r"^mysql\+\w+://", "mysql://", url) for conn_id, url in
-           connections.items()},
+        **{
+            f"AIRFLOW_CONN_{conn_id.upper()}": re.sub(r"^mysql\+\w+://", "mysql://", url)
+            for conn_id, url in connections.items()
+        },
         **(env or {}),
-    }  # fmt: skip
+    }
     url = f"http://127.0.0.1:{settings.airflow_port}"
-    server = ServerProcess([str(VENV_BIN / "readmission"), "airflow"], f"{url}/api/v2/monitor/health", log_path,
-                           env=environment, timeout=300).start()  # fmt: skip
+    server = ServerProcess(
+        [str(VENV_BIN / "readmission"), "airflow"],
+        f"{url}/api/v2/monitor/health",
+        log_path,
+        env=environment,
+        timeout=300,
+    ).start()
     try:
         wait_until(lambda: "Ctrl-C stops everything" in log_path.read_text(), 60, what="the login to be printed")
         printed = re.search(r"Airflow UI\s+(\S+)\s+user (\S+), password (\S+)", log_path.read_text())
@@ -275,15 +318,33 @@ class PostgreSQL:
     def _as_postgres(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, **kwargs)
 
-    def start(self) -> "PostgreSQL":
-        self._as_postgres(self.binary("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
-                          "-E", "UTF8")  # fmt: skip
+    def start(self) -> PostgreSQL:
+        self._as_postgres(
+            self.binary("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
         log = (self.root / "postgresql.log").open("ab")
         self.process = subprocess.Popen(
-            ["runuser", "-u", "postgres", "--", self.binary("postgres"), "-D", str(self.datadir),
-             "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                self.binary("postgres"),
+                "-D",
+                str(self.datadir),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.root),
+                "-c",
+                "fsync=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_until(self._accepts, 60, what="PostgreSQL to accept connections")
         self.sql(f"CREATE USER {self.USER} PASSWORD '{self.PASSWORD}'")
         self.sql(f"CREATE DATABASE {self.DATABASE} OWNER {self.USER}")
@@ -297,8 +358,9 @@ class PostgreSQL:
 
     def sql(self, statement: str) -> str:
         """Run `statement` as the superuser; what psql prints."""
-        done = self._as_postgres("psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-At",
-                                 "-c", statement, text=True)  # fmt: skip
+        done = self._as_postgres(
+            "psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-At", "-c", statement, text=True
+        )
         return done.stdout
 
     @property
@@ -317,8 +379,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_API_DOCKERFILE = REPO_ROOT / "ec2_api" / "Dockerfile"
 
 
-def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_000, interval: float = 300.0,
-                   admin_token: str = "") -> tuple[ServerProcess, str]:  # fmt: skip
+def start_data_api(
+    dataset_path: str | Path, log_dir: Path, batch_size: int = 1_000, interval: float = 300.0, admin_token: str = ""
+) -> tuple[ServerProcess, str]:
     """Start the data API on a free 127.0.0.1 port with its image's command (gunicorn, one worker, `ec2_api.app:app`).
 
     Returns the started server (call `.stop()` when done) and its base URL. The batch
@@ -327,8 +390,13 @@ def start_data_api(dataset_path: str | Path, log_dir: Path, batch_size: int = 1_
     port = free_port()
     env = {"DATASET_PATH": str(dataset_path), "BATCH_SIZE": str(batch_size), "BATCH_INTERVAL_SECONDS": str(interval)}
     env["DATA_API_ADMIN_TOKEN"] = admin_token
-    server = ServerProcess(run_locally(image_command(DATA_API_DOCKERFILE), DATA_API_DOCKERFILE, port),
-                           f"http://127.0.0.1:{port}/health", log_dir / f"data-api-{port}.log", env=env, cwd=REPO_ROOT)
+    server = ServerProcess(
+        run_locally(image_command(DATA_API_DOCKERFILE), DATA_API_DOCKERFILE, port),
+        f"http://127.0.0.1:{port}/health",
+        log_dir / f"data-api-{port}.log",
+        env=env,
+        cwd=REPO_ROOT,
+    )
     return server.start(), f"http://127.0.0.1:{port}"
 
 
@@ -389,7 +457,7 @@ def run_locally(argv: list[str], dockerfile: Path, port: int) -> list[str]:
         if token == image_port:
             return str(port)
         if token == workdir or token.startswith(workdir + "/"):
-            return str(REPO_ROOT) + token[len(workdir):]
+            return str(REPO_ROOT) + token[len(workdir) :]
         return token.replace("0.0.0.0", "127.0.0.1").replace(f":{image_port}", f":{port}")
 
     program = VENV_BIN / argv[0]
@@ -413,8 +481,11 @@ class Pushgateway(ServerProcess):
     def __init__(self, log_dir: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([installed("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{self.port}"],
-                         f"{self.url}/-/ready", log_dir / f"pushgateway-{self.port}.log")  # fmt: skip
+        super().__init__(
+            [installed("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{self.port}"],
+            f"{self.url}/-/ready",
+            log_dir / f"pushgateway-{self.port}.log",
+        )
 
     def metrics(self) -> str:
         """The Pushgateway's /metrics text: what Prometheus scrapes from it."""
@@ -429,9 +500,16 @@ class PrometheusServer(ServerProcess):
     def __init__(self, config: Path, root: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([installed("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={root / 'tsdb'}",
-                          f"--web.listen-address=127.0.0.1:{self.port}"],
-                         f"{self.url}/-/ready", root / f"prometheus-{self.port}.log")  # fmt: skip
+        super().__init__(
+            [
+                installed("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            f"{self.url}/-/ready",
+            root / f"prometheus-{self.port}.log",
+        )
 
     def query(self, expr: str) -> list[dict]:
         """The result of an instant PromQL query; ValueError with Prometheus' own message when it fails to parse."""
@@ -451,8 +529,9 @@ class PrometheusServer(ServerProcess):
 INFERENCE_API_DOCKERFILE = REPO_ROOT / "fastapi" / "Dockerfile"
 
 
-def start_inference_api(settings: dict[str, str], log_dir: Path, workers: int = 1,
-                        wait_for_model: bool = True) -> tuple[ServerProcess, str]:  # fmt: skip
+def start_inference_api(
+    settings: dict[str, str], log_dir: Path, workers: int = 1, wait_for_model: bool = True
+) -> tuple[ServerProcess, str]:
     """Start the inference API with its image's command (gunicorn, `workers` uvicorn workers) on a free port.
 
     `settings` are environment variables of `Settings` (MLFLOW_TRACKING_URI, MODEL_URI,
@@ -461,12 +540,23 @@ def start_inference_api(settings: dict[str, str], log_dir: Path, workers: int = 
     `/health` when `wait_for_model` is False. Returns the server (call `.stop()`) and its URL.
     """
     port = free_port()
-    env = {"DATA_DIR": str(log_dir / "api-data"), "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"api-metrics-{port}"),
-           **settings, "API_HOST": "127.0.0.1", "API_PORT": str(port), "API_WORKERS": str(workers)}  # fmt: skip
+    env = {
+        "DATA_DIR": str(log_dir / "api-data"),
+        "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"api-metrics-{port}"),
+        **settings,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "API_WORKERS": str(workers),
+    }
     url = f"http://127.0.0.1:{port}"
-    server = ServerProcess(run_locally(image_command(INFERENCE_API_DOCKERFILE), INFERENCE_API_DOCKERFILE, port),
-                           f"{url}/ready" if wait_for_model else f"{url}/health", log_dir / f"inference-api-{port}.log",
-                           env=env, cwd=REPO_ROOT, timeout=300)  # fmt: skip
+    server = ServerProcess(
+        run_locally(image_command(INFERENCE_API_DOCKERFILE), INFERENCE_API_DOCKERFILE, port),
+        f"{url}/ready" if wait_for_model else f"{url}/health",
+        log_dir / f"inference-api-{port}.log",
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     return server.start(), url
 
 
@@ -478,18 +568,34 @@ class MlflowServer(ServerProcess):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", artifacts_destination or (root / "artifacts").as_uri()],
-            f"{self.url}/health", root / f"mlflow-{self.port}.log", timeout=180,
-        )  # fmt: skip
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                artifacts_destination or (root / "artifacts").as_uri(),
+            ],
+            f"{self.url}/health",
+            root / f"mlflow-{self.port}.log",
+            timeout=180,
+        )
 
 
 # --- S3 (moto standing in for MinIO) and the MLflow server of Dockerfile_mlflow ------------------------
 
 MLFLOW_DOCKERFILE = REPO_ROOT / "Dockerfile_mlflow"
-S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 class S3Server(ServerProcess):
@@ -498,16 +604,23 @@ class S3Server(ServerProcess):
     def __init__(self, log_dir: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                         f"{self.url}/moto-api/", log_dir / f"moto-s3-{self.port}.log")  # fmt: skip
+        super().__init__(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            f"{self.url}/moto-api/",
+            log_dir / f"moto-s3-{self.port}.log",
+        )
 
     def client(self):
         """A boto3 S3 client of this server."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
-                            aws_access_key_id=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def keys(self, bucket: str, containing: str = "") -> list[str]:
         """The keys of `bucket` that contain `containing`."""
@@ -521,8 +634,9 @@ def create_database(mariadb: MariaDB, name: str) -> str:
     return mariadb.url(name)
 
 
-def start_mlflow_image(backend_store_uri: str, artifacts_destination: str, s3_endpoint_url: str,
-                       log_dir: Path) -> tuple[ServerProcess, str]:  # fmt: skip
+def start_mlflow_image(
+    backend_store_uri: str, artifacts_destination: str, s3_endpoint_url: str, log_dir: Path
+) -> tuple[ServerProcess, str]:
     """Start the real `mlflow server` with Dockerfile_mlflow's own command on a free 127.0.0.1 port.
 
     That command (scripts/mlflow_server.sh) runs `mlflow db upgrade` on `backend_store_uri`,
@@ -531,11 +645,23 @@ def start_mlflow_image(backend_store_uri: str, artifacts_destination: str, s3_en
     Returns the server (call `.stop()`) and its URL.
     """
     port = free_port()
-    env = {**S3_TEST_CREDENTIALS, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_BACKEND_STORE_URI": backend_store_uri, "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
-           "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url, "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
-           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"}  # fmt: skip
-    server = ServerProcess(run_locally(image_command(MLFLOW_DOCKERFILE), MLFLOW_DOCKERFILE, port),
-                           f"http://127.0.0.1:{port}/health", log_dir / f"mlflow-{port}.log", env=env, cwd=REPO_ROOT,
-                           timeout=240)  # fmt: skip
+    env = {
+        **S3_TEST_CREDENTIALS,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url,
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+    }
+    server = ServerProcess(
+        run_locally(image_command(MLFLOW_DOCKERFILE), MLFLOW_DOCKERFILE, port),
+        f"http://127.0.0.1:{port}/health",
+        log_dir / f"mlflow-{port}.log",
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=240,
+    )
     return server.start(), f"http://127.0.0.1:{port}"

@@ -43,12 +43,22 @@ def test_every_batch_of_the_real_data_set_is_ingested_into_mariadb(real_data_api
     assert quarantine["reason"].str.len().gt(0).all()
     with storage.clean.connect() as conn:
         clean_rows = conn.execute(sa.text("SELECT COUNT(*) FROM diabetes_clean")).scalar()
-        patients_in_two_splits = conn.execute(sa.text(
-            "SELECT COUNT(*) FROM (SELECT patient_nbr FROM diabetes_clean GROUP BY patient_nbr"
-            " HAVING COUNT(DISTINCT split) > 1) AS mixed")).scalar()  # fmt: skip
-        shares = dict(conn.execute(sa.text(
-            "SELECT split, COUNT(DISTINCT patient_nbr) / (SELECT COUNT(DISTINCT patient_nbr) FROM diabetes_clean)"
-            " FROM diabetes_clean GROUP BY split")).tuples().all())  # fmt: skip
+        patients_in_two_splits = conn.execute(
+            sa.text(
+                "SELECT COUNT(*) FROM (SELECT patient_nbr FROM diabetes_clean GROUP BY patient_nbr"
+                " HAVING COUNT(DISTINCT split) > 1) AS mixed"
+            )
+        ).scalar()
+        shares = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT split, COUNT(DISTINCT patient_nbr) / (SELECT COUNT(DISTINCT patient_nbr) FROM diabetes_clean)"
+                    " FROM diabetes_clean GROUP BY split"
+                )
+            )
+            .tuples()
+            .all()
+        )
     assert clean_rows == TOTAL_ROWS - len(quarantine) == log["rows_stored"].sum()
     assert patients_in_two_splits == 0
     assert float(shares["train"]) == pytest.approx(0.70, abs=0.01)

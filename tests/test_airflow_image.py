@@ -42,8 +42,11 @@ def test_it_runs_as_the_official_images_non_root_airflow_user():
 
 
 def test_every_copied_path_is_sent_to_the_build_and_exists():
-    allowed = {line[1:].rstrip("/") for line in (REPO_ROOT / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.startswith("!")}  # fmt: skip
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO_ROOT / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     for source in copied_sources():
         assert source.rstrip("/") in allowed, f"{source} is excluded by Dockerfile.dockerignore"
         assert (REPO_ROOT / source).exists(), source

@@ -62,4 +62,5 @@ def test_prometheus_scrapes_the_services_the_dashboards_and_alerts_read():
     assert jobs["pushgateway"]["honor_labels"] is True  # the pushed job="diabetes_pipeline" is kept
     assert jobs["inference-api"]["dns_sd_configs"][0]["names"] == ["inference-api-pods"]  # every replica
     assert jobs["node"]["dns_sd_configs"] == [  # every node-exporter pod (a DaemonSet: one per node)
-        {"names": ["node-exporter"], "type": "A", "port": 9100, "refresh_interval": "15s"}]
+        {"names": ["node-exporter"], "type": "A", "port": 9100, "refresh_interval": "15s"}
+    ]

@@ -40,10 +40,15 @@ def dataset_server(tmp_path):
 
 
 def fetch(data_dir: Path, url: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "DATASET_DIR": str(data_dir), "DATASET_FILE": "diabetic_data.csv.gz",
-           "DATASET_URL": url}  # fmt: skip
-    return subprocess.run(["bash", str(EC2_DIR / "fetch_dataset.sh")], env=env, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATASET_DIR": str(data_dir),
+        "DATASET_FILE": "diabetic_data.csv.gz",
+        "DATASET_URL": url,
+    }
+    return subprocess.run(
+        ["bash", str(EC2_DIR / "fetch_dataset.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_data_set_is_downloaded_once_and_kept_on_disk(tmp_path, dataset_server):
@@ -70,8 +75,9 @@ def test_a_failed_download_leaves_no_data_set_behind(tmp_path, dataset_server):
 
 def test_the_boot_files_give_the_compose_file_every_variable_it_reads():
     compose_variables = set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
-    environment_file = re.search(r"cat > /etc/default/diabetes-data-api <<ENV\n(.*?)\nENV",
-                                 (EC2_DIR / "user-data.sh").read_text(), re.S)[1]  # fmt: skip
+    environment_file = re.search(
+        r"cat > /etc/default/diabetes-data-api <<ENV\n(.*?)\nENV", (EC2_DIR / "user-data.sh").read_text(), re.S
+    )[1]
     written = {line.split("=", 1)[0] for line in environment_file.splitlines()}
     assert compose_variables <= written
     unit = (EC2_DIR / "diabetes-data-api.service").read_text()

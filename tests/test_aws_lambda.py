@@ -118,8 +118,9 @@ def test_a_missing_id_is_a_logged_client_error(handlers, aws, event, caplog):
 
     assert result["statusCode"] == 400
     assert "no instance ids" in result["error"]
-    assert any(record.levelno == logging.ERROR and "no instance ids" in record.getMessage()
-               for record in caplog.records)  # fmt: skip
+    assert any(
+        record.levelno == logging.ERROR and "no instance ids" in record.getMessage() for record in caplog.records
+    )
 
 
 def test_an_unknown_id_is_a_logged_client_error_and_nothing_is_touched(handlers, make_ec2_instance, caplog):
@@ -185,11 +186,19 @@ def test_the_zipped_package_runs_on_its_own_in_a_fresh_interpreter(aws_credentia
         instance_id = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
         zipfile.ZipFile(io.BytesIO(lambda_package(LAMBDA_DIR))).extractall(tmp_path)
         code = "import json, stop_ec2_instance; print(json.dumps(stop_ec2_instance.lambda_handler({}, None)))"
-        env = {"PATH": "/usr/bin:/bin", "AWS_ENDPOINT_URL": endpoint, "EC2_INSTANCE_IDS": instance_id,
-               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(tmp_path)}  # fmt: skip
-        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=60, check=True)  # fmt: skip
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "AWS_ENDPOINT_URL": endpoint,
+            "EC2_INSTANCE_IDS": instance_id,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "PYTHONPATH": str(tmp_path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True
+        )
         result = json.loads(done.stdout.strip().splitlines()[-1])
         state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
     finally:

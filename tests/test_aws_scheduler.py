@@ -47,8 +47,10 @@ def snapshot(config: SchedulerConfig) -> dict:
     state: dict = {}
     for name in (config.lambda_role_name, config.scheduler_role_name):
         role = iam.get_role(RoleName=name)["Role"]
-        policies = {policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
-                    for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]}  # fmt: skip
+        policies = {
+            policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+            for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]
+        }
         state[f"role {name}"] = (role["AssumeRolePolicyDocument"], policies)
     for action in ACTIONS:
         function = config.function_name(action)
@@ -66,8 +68,12 @@ def everything_left(config: SchedulerConfig) -> list[str]:
     functions = [fn["FunctionName"] for fn in boto3.client("lambda").list_functions()["Functions"]]
     schedules = [item["Name"] for item in boto3.client("scheduler").list_schedules()["Schedules"]]
     groups = [group["logGroupName"] for group in boto3.client("logs").describe_log_groups()["logGroups"]]
-    ours = {config.lambda_role_name, config.scheduler_role_name, *map(config.function_name, ACTIONS),
-            *(f"/aws/lambda/{config.function_name(action)}" for action in ACTIONS)}  # fmt: skip
+    ours = {
+        config.lambda_role_name,
+        config.scheduler_role_name,
+        *map(config.function_name, ACTIONS),
+        *(f"/aws/lambda/{config.function_name(action)}" for action in ACTIONS),
+    }
     return [name for name in roles + functions + schedules + groups if name in ours]
 
 
@@ -79,9 +85,13 @@ def test_setup_creates_the_roles_functions_and_schedules(config, account):
     changes = setup(config)
 
     assert [(change.kind, change.action) for change in changes] == [
-        ("iam role", "create"), ("lambda function", "create"), ("lambda function", "create"),
-        ("iam role", "create"), ("schedule", "create"), ("schedule", "create"),
-    ]  # fmt: skip
+        ("iam role", "create"),
+        ("lambda function", "create"),
+        ("lambda function", "create"),
+        ("iam role", "create"),
+        ("schedule", "create"),
+        ("schedule", "create"),
+    ]
     lambda_client = boto3.client("lambda")
     for action in ACTIONS:
         function = lambda_client.get_function_configuration(FunctionName=config.function_name(action))
@@ -119,11 +129,14 @@ def test_the_schedules_carry_the_default_time_zone_and_daily_crons(config, accou
 
 @pytest.mark.parametrize(
     ("start_time", "stop_time", "timezone", "start_cron", "stop_cron"),
-    [("7:05", "18:30", "Europe/Madrid", "cron(5 7 * * ? *)", "cron(30 18 * * ? *)"),
-     ("00:00", "23:59", "UTC", "cron(0 0 * * ? *)", "cron(59 23 * * ? *)")],
-)  # fmt: skip
-def test_the_schedules_carry_the_times_and_time_zone_asked_for(config, start_time, stop_time, timezone, start_cron,
-                                                               stop_cron):  # fmt: skip
+    [
+        ("7:05", "18:30", "Europe/Madrid", "cron(5 7 * * ? *)", "cron(30 18 * * ? *)"),
+        ("00:00", "23:59", "UTC", "cron(0 0 * * ? *)", "cron(59 23 * * ? *)"),
+    ],
+)
+def test_the_schedules_carry_the_times_and_time_zone_asked_for(
+    config, start_time, stop_time, timezone, start_cron, stop_cron
+):
     setup(dataclasses.replace(config, start_time=start_time, stop_time=stop_time, timezone=timezone))
 
     schedules = boto3.client("scheduler")
@@ -147,8 +160,14 @@ def test_the_lambda_role_policy_is_the_rendered_least_privilege_file(config, acc
     by_action = {action: statement for statement in policy["Statement"] for action in actions_of(statement)}
     instance_arns = [f"arn:aws:ec2:us-east-1:{account.account_id}:instance/{item}" for item in config.instance_ids]
     assert by_action["ec2:StartInstances"]["Resource"] == by_action["ec2:StopInstances"]["Resource"] == instance_arns
-    assert set(by_action) == {"ec2:StartInstances", "ec2:StopInstances", "ec2:DescribeInstances",
-                              "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}  # fmt: skip
+    assert set(by_action) == {
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:DescribeInstances",
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
     assert all(f"/aws/lambda/{config.name_prefix}-" in arn for arn in by_action["logs:PutLogEvents"]["Resource"])
     trust = iam.get_role(RoleName=config.lambda_role_name)["Role"]["AssumeRolePolicyDocument"]
     assert trust == json.loads((POLICY_DIR / "lambda_trust_policy.json").read_text())
@@ -158,12 +177,17 @@ def test_the_scheduler_role_may_only_invoke_the_two_functions(config, account):
     setup(config)
 
     iam = boto3.client("iam")
-    policy = iam.get_role_policy(RoleName=config.scheduler_role_name,
-                                 PolicyName=scheduler_spec.SCHEDULER_POLICY_NAME)["PolicyDocument"]  # fmt: skip
-    assert policy["Statement"] == [{
-        "Sid": "InvokeOnlyTheStartAndStopFunctions", "Effect": "Allow", "Action": "lambda:InvokeFunction",
-        "Resource": [account.function_arn(config.function_name(action)) for action in ACTIONS],
-    }]  # fmt: skip
+    policy = iam.get_role_policy(RoleName=config.scheduler_role_name, PolicyName=scheduler_spec.SCHEDULER_POLICY_NAME)[
+        "PolicyDocument"
+    ]
+    assert policy["Statement"] == [
+        {
+            "Sid": "InvokeOnlyTheStartAndStopFunctions",
+            "Effect": "Allow",
+            "Action": "lambda:InvokeFunction",
+            "Resource": [account.function_arn(config.function_name(action)) for action in ACTIONS],
+        }
+    ]
     trust = iam.get_role(RoleName=config.scheduler_role_name)["Role"]["AssumeRolePolicyDocument"]
     assert trust["Statement"][0]["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert trust["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": account.account_id}}
@@ -182,9 +206,15 @@ def test_rendering_a_template_without_a_value_names_the_placeholder():
 
 def test_setup_waits_for_a_role_that_lambda_cannot_see_yet(monkeypatch):
     monkeypatch.setattr(scheduler, "IAM_PROPAGATION_DELAY_SECONDS", 0)
-    not_yet = ClientError({"Error": {"Code": "InvalidParameterValueException",
-                                     "Message": "The role defined for the function cannot be assumed by Lambda."}},
-                          "CreateFunction")  # fmt: skip
+    not_yet = ClientError(
+        {
+            "Error": {
+                "Code": "InvalidParameterValueException",
+                "Message": "The role defined for the function cannot be assumed by Lambda.",
+            }
+        },
+        "CreateFunction",
+    )
     attempts = []
 
     def create_function():
@@ -247,7 +277,10 @@ def test_new_instance_ids_update_the_policy_and_the_functions_but_not_the_schedu
     }
     after = snapshot(config)
     assert [key for key in before if before[key] != after[key]] == [
-        f"role {config.lambda_role_name}", "function start", "function stop"]  # fmt: skip
+        f"role {config.lambda_role_name}",
+        "function start",
+        "function stop",
+    ]
     assert after["function stop"]["Environment"]["Variables"]["EC2_INSTANCE_IDS"] == ",".join(new_ids)
 
 
@@ -311,9 +344,13 @@ def test_dry_runs_of_update_and_teardown_change_nothing(config):
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"start_time": "25:00"}, "HH:MM"), ({"stop_time": "noon"}, "HH:MM"), ({"timezone": "Mars/Olympus"}, "time zone"),
-     ({"instance_ids": ("i-123",)}, "malformed")],
-)  # fmt: skip
+    [
+        ({"start_time": "25:00"}, "HH:MM"),
+        ({"stop_time": "noon"}, "HH:MM"),
+        ({"timezone": "Mars/Olympus"}, "time zone"),
+        ({"instance_ids": ("i-123",)}, "malformed"),
+    ],
+)
 def test_bad_settings_are_refused_with_a_clear_error(make_settings, overrides, message):
     with pytest.raises(ValueError, match=message):
         SchedulerConfig.from_settings(make_settings(), **overrides)
@@ -333,8 +370,16 @@ def load_script(name: str):
 
 
 def script_arguments(config: SchedulerConfig) -> list[str]:
-    return ["--region", config.region, "--name-prefix", config.name_prefix, "--lambda-role-name",
-            config.lambda_role_name, "--scheduler-role-name", config.scheduler_role_name]  # fmt: skip
+    return [
+        "--region",
+        config.region,
+        "--name-prefix",
+        config.name_prefix,
+        "--lambda-role-name",
+        config.lambda_role_name,
+        "--scheduler-role-name",
+        config.scheduler_role_name,
+    ]
 
 
 def test_the_scripts_set_up_update_and_tear_down_from_their_arguments(config, capsys):

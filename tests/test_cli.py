@@ -99,8 +99,9 @@ def test_malformed_arguments_exit_with_the_usage_status(environment, arguments):
 
 
 def test_python_dash_m_readmission_lists_the_subcommands():
-    completed = subprocess.run([sys.executable, "-m", "readmission", "--help"], capture_output=True, text=True,
-                               cwd=REPO_ROOT, check=True)  # fmt: skip
+    completed = subprocess.run(
+        [sys.executable, "-m", "readmission", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
     assert all(name in completed.stdout for name in ("data-api", "ingest", "batches"))
 
 
@@ -108,9 +109,12 @@ def test_python_dash_m_readmission_lists_the_subcommands():
 def test_the_data_api_subcommand_serves_the_data_set(synthetic_csv, tmp_path):
     port = free_port()
     server = ServerProcess(
-        [sys.executable, "-m", "readmission", "data-api"], f"http://127.0.0.1:{port}/health", tmp_path / "data-api.log",
-        env={"DATASET_PATH": str(synthetic_csv), "DATA_API_PORT": str(port), "BATCH_SIZE": "1000"}, cwd=tmp_path,
-    ).start()  # fmt: skip
+        [sys.executable, "-m", "readmission", "data-api"],
+        f"http://127.0.0.1:{port}/health",
+        tmp_path / "data-api.log",
+        env={"DATASET_PATH": str(synthetic_csv), "DATA_API_PORT": str(port), "BATCH_SIZE": "1000"},
+        cwd=tmp_path,
+    ).start()
     try:
         from readmission.sources import fetch_batch
 

@@ -41,7 +41,7 @@ def test_the_tasks_run_one_after_the_other_in_the_pipeline_order(pipeline_dag):
     """The pipeline's tasks form one chain in order; only reporting (observability) may follow notify_serving."""
     order = [task.task_id for task in pipeline_dag.topological_sort()]
     assert order[: len(TASK_IDS)] == list(TASK_IDS)
-    for task_id, next_id in zip(order, order[1:]):
+    for task_id, next_id in zip(order, order[1:], strict=False):
         assert pipeline_dag.get_task(task_id).downstream_task_ids == {next_id}
     assert pipeline_dag.get_task(order[-1]).downstream_task_ids == set()
 

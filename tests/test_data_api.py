@@ -202,8 +202,9 @@ def test_an_unknown_batch_is_404_json(serve, number):
     assert f"no batch {number}" in body["message"]
 
 
-@pytest.mark.parametrize("query", ["batch=abc", "batch=0", "batch=-1", "batch=1.5", "batch=", "batch=%202",
-                                   "batch=1&batch=2"])  # fmt: skip
+@pytest.mark.parametrize(
+    "query", ["batch=abc", "batch=0", "batch=-1", "batch=1.5", "batch=", "batch=%202", "batch=1&batch=2"]
+)
 def test_a_malformed_batch_query_is_400_naming_the_problem(serve, query):
     client, _ = serve(batch_size=1_000)
 
@@ -221,8 +222,9 @@ def test_unknown_parameters_are_ignored(serve):
     assert get_batch(client, "?format=csv&batch=3")["batch_number"] == 3
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [("get", "/nowhere", 404), ("get", "/restart", 405),
-                                                        ("post", "/get_data", 405)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("get", "/nowhere", 404), ("get", "/restart", 405), ("post", "/get_data", 405)]
+)
 def test_every_error_is_json(serve, method, path, status):
     client, _ = serve(batch_size=1_000)
 
@@ -241,8 +243,12 @@ def test_a_data_set_that_cannot_be_loaded_raises_a_clear_error(make_settings, tm
     wrong_columns = tmp_path / "wrong.csv"
     wrong_columns.write_text("a,b\n1,2\n")
 
-    for path, problem in [(tmp_path / "missing.csv", "not found"), (header_only, "holds no rows"),
-                          (not_gzip, "cannot load"), (wrong_columns, "missing columns")]:  # fmt: skip
+    for path, problem in [
+        (tmp_path / "missing.csv", "not found"),
+        (header_only, "holds no rows"),
+        (not_gzip, "cannot load"),
+        (wrong_columns, "missing columns"),
+    ]:
         with pytest.raises(DatasetError, match=problem):
             create_app(make_settings(dataset_path=str(path)))
 
@@ -272,8 +278,13 @@ def test_health_reports_the_total_and_the_current_batch(serve):
     response = client.get("/health")
 
     assert response.status_code == 200
-    assert strict_json(response.text) == {"status": "ok", "total_batches": 3, "current_batch": 2,
-                                          "exhausted": False, "batch_size": 1_500}  # fmt: skip
+    assert strict_json(response.text) == {
+        "status": "ok",
+        "total_batches": 3,
+        "current_batch": 2,
+        "exhausted": False,
+        "batch_size": 1_500,
+    }
 
 
 # --- the real server (gunicorn) --------------------------------------------------------

@@ -133,7 +133,9 @@ def test_the_synthetic_data_set_has_the_shape_columns_and_vocabularies_of_the_re
     assert set(frame["readmitted"]) == set(encounter_columns.TARGET_VALUES)
     assert frame["encounter_id"].is_unique
     assert frame["patient_nbr"].duplicated().sum() > 500  # repeat patients
-    assert (frame["race"] == encounter_columns.MISSING).any() and (frame["max_glu_serum"] == encounter_columns.NOT_TAKEN).any()
+    assert (frame["race"] == encounter_columns.MISSING).any() and (
+        frame["max_glu_serum"] == encounter_columns.NOT_TAKEN
+    ).any()
 
 
 def test_synthetic_diagnoses_include_every_group_and_v_and_e_codes(synthetic_frame):

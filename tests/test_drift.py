@@ -65,7 +65,8 @@ def test_a_profile_describes_every_main_feature_as_json_with_shares_summing_to_o
         assert sum(spec["proportions"]) == pytest.approx(1.0, abs=1e-4), feature
     assert "circulatory" in profile["features"]["diag_1_group"]["levels"]
     assert set(profile["features"]["discharge_group"]["levels"]) <= {"home", "snf", "home_health", "other"} | set(
-        drift.DISCHARGE_GROUP_OF.values())
+        drift.DISCHARGE_GROUP_OF.values()
+    )
 
 
 def test_a_batch_like_the_training_data_does_not_drift_and_a_changed_feature_does(profile):
@@ -98,8 +99,9 @@ def test_the_profile_travels_in_the_models_mlmodel_metadata(tmp_path, profile):
 
     model = DummyClassifier().fit([[0], [1]], [0, 1])
     requirements = ["scikit-learn"]  # given: inferring them takes MLflow ~20 s
-    mlflow.sklearn.save_model(model, tmp_path / "with", metadata=drift.profile_metadata(profile),
-                              pip_requirements=requirements)  # fmt: skip
+    mlflow.sklearn.save_model(
+        model, tmp_path / "with", metadata=drift.profile_metadata(profile), pip_requirements=requirements
+    )
     mlflow.sklearn.save_model(model, tmp_path / "without", pip_requirements=requirements)
     assert drift.profile_of_model(str(tmp_path / "with")) == profile
     assert drift.profile_of_model(str(tmp_path / "without")) is None

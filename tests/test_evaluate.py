@@ -18,8 +18,10 @@ from tests.factories import labelled_encounters
 @pytest.fixture(scope="module")
 def splits() -> dict:
     frame = labelled_encounters(rows=3_000, seed=11)
-    return {name: (rows.reset_index(drop=True), target(rows["readmitted"]).to_numpy())
-            for name, rows in frame.groupby("split")}  # fmt: skip
+    return {
+        name: (rows.reset_index(drop=True), target(rows["readmitted"]).to_numpy())
+        for name, rows in frame.groupby("split")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,14 @@ def test_evaluation_reports_every_metric_per_split_at_the_validation_threshold(m
 
 def test_the_figures_are_drawn_as_png(model, splits):
     evaluation = evaluate.evaluate(model, {k: splits[k] for k in ("validation", "test")}, seed=1)
-    assert set(evaluation.figures) == {"confusion_matrix.png", "roc_curve.png", "pr_curve.png", "calibration.png",
-                                       "reliability_diagram.png", "feature_importance.png"}  # fmt: skip
+    assert set(evaluation.figures) == {
+        "confusion_matrix.png",
+        "roc_curve.png",
+        "pr_curve.png",
+        "calibration.png",
+        "reliability_diagram.png",
+        "feature_importance.png",
+    }
     for name, figure in evaluation.figures.items():
         png = io.BytesIO()
         figure.savefig(png, format="png")
@@ -122,8 +130,9 @@ def test_groups_are_scored_with_metricframe_and_small_ones_reported_not_scored(m
             assert group["roc_auc"] == pytest.approx(roc_auc_score(labels[members], probability[members]))
             assert group["positive_rate"] == pytest.approx(np.mean(probability[members] >= 0.5))
             assert group["recall"] == pytest.approx(recall_score(labels[members], probability[members] >= 0.5))
-            assert group["ece"] == pytest.approx(evaluate.expected_calibration_error(labels[members],
-                                                                                     probability[members]))  # fmt: skip
+            assert group["ece"] == pytest.approx(
+                evaluate.expected_calibration_error(labels[members], probability[members])
+            )
     assert (table["status"] == "too small").any() and (table["status"] == "scored").any()
     summary = evaluate.group_summary(table)
     scored = table[table["status"] == "scored"]

@@ -53,7 +53,9 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def rows(frame) -> pd.DataFrame:
-    return frame[frame["split"] == "test"].head(300)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
+    return (
+        frame[frame["split"] == "test"].head(300)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].reset_index(drop=True)
+    )
 
 
 def test_every_model_column_comes_from_request_fields():
@@ -93,8 +95,9 @@ def test_an_unknown_icd9_code_is_explained_as_the_other_group(model, rows):
     other = explainer.explain(rows.head(20).assign(diag_1="780"))  # 780: a real code of the "other" group
     diagnosis = list(encounter_columns.FEATURE_INPUT_COLUMNS).index("diag_1")
     np.testing.assert_allclose(unknown.contributions[:, diagnosis], other.contributions[:, diagnosis], atol=1e-12)
-    np.testing.assert_allclose(unknown.log_odds, logit(model.predict_proba(rows.head(20).assign(diag_1="XYZ123"))[:, 1]),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        unknown.log_odds, logit(model.predict_proba(rows.head(20).assign(diag_1="XYZ123"))[:, 1]), atol=1e-6
+    )
     listed = [factor for row in range(20) for factor in unknown.factors(row) if factor["field"] == "diag_1"]
     assert all(
         factor["value"] == "XYZ123" and factor["value_label"] == "XYZ123 (Other conditions)" for factor in listed
@@ -122,14 +125,17 @@ def test_prior_visits_are_shared_between_the_visit_fields_that_make_them():
     explainer = Explainer(model)
     columns = list(explainer.features.get_feature_names_out())
     visits = columns.index("total_prior_visits")
-    rows = frame.head(2)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].assign(number_outpatient=[3, 0], number_emergency=[1, 0],
-                                                                    number_inpatient=[0, 0])  # fmt: skip
+    rows = frame.head(2)[list(encounter_columns.FEATURE_INPUT_COLUMNS)].assign(
+        number_outpatient=[3, 0], number_emergency=[1, 0], number_inpatient=[0, 0]
+    )
     import shap
 
     by_feature = shap.TreeExplainer(model[-1]).shap_values(explainer.features.transform(rows).to_numpy())
     explanation = explainer.explain(rows)
-    field = {name: list(encounter_columns.FEATURE_INPUT_COLUMNS).index(name) for name in
-             ("number_outpatient", "number_emergency", "number_inpatient")}  # fmt: skip
+    field = {
+        name: list(encounter_columns.FEATURE_INPUT_COLUMNS).index(name)
+        for name in ("number_outpatient", "number_emergency", "number_inpatient")
+    }
     own = {name: by_feature[:, columns.index(name)] for name in field}
     assert explanation.contributions[0, field["number_outpatient"]] == pytest.approx(
         own["number_outpatient"][0] + 0.75 * by_feature[0, visits]

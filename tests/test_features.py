@@ -30,19 +30,50 @@ def hot(features: pd.Series, prefix: str) -> list[str]:
 @pytest.mark.parametrize(
     ("code", "group"),
     [
-        ("139", "other"), ("140", "neoplasms"), ("239", "neoplasms"), ("239.9", "neoplasms"), ("240", "other"),
-        ("249", "other"), ("249.99", "other"), ("250", "diabetes"), ("250.01", "diabetes"), ("250.83", "diabetes"),
-        ("250.9", "diabetes"), ("251", "other"),
-        ("389", "other"), ("390", "circulatory"), ("428", "circulatory"), ("459", "circulatory"),
-        ("459.9", "circulatory"), ("460", "respiratory"), ("519", "respiratory"), ("519.8", "respiratory"),
-        ("520", "digestive"), ("579", "digestive"), ("579.9", "digestive"), ("580", "genitourinary"),
-        ("629", "genitourinary"), ("629.99", "genitourinary"), ("630", "other"), ("709", "other"),
-        ("710", "musculoskeletal"), ("739", "musculoskeletal"), ("739.9", "musculoskeletal"), ("740", "other"),
-        ("784", "other"), ("785", "circulatory"), ("786", "respiratory"), ("787", "digestive"),
-        ("788", "genitourinary"), ("789", "other"), ("799", "other"), ("800", "injury"), ("999", "injury"),
+        ("139", "other"),
+        ("140", "neoplasms"),
+        ("239", "neoplasms"),
+        ("239.9", "neoplasms"),
+        ("240", "other"),
+        ("249", "other"),
+        ("249.99", "other"),
+        ("250", "diabetes"),
+        ("250.01", "diabetes"),
+        ("250.83", "diabetes"),
+        ("250.9", "diabetes"),
+        ("251", "other"),
+        ("389", "other"),
+        ("390", "circulatory"),
+        ("428", "circulatory"),
+        ("459", "circulatory"),
+        ("459.9", "circulatory"),
+        ("460", "respiratory"),
+        ("519", "respiratory"),
+        ("519.8", "respiratory"),
+        ("520", "digestive"),
+        ("579", "digestive"),
+        ("579.9", "digestive"),
+        ("580", "genitourinary"),
+        ("629", "genitourinary"),
+        ("629.99", "genitourinary"),
+        ("630", "other"),
+        ("709", "other"),
+        ("710", "musculoskeletal"),
+        ("739", "musculoskeletal"),
+        ("739.9", "musculoskeletal"),
+        ("740", "other"),
+        ("784", "other"),
+        ("785", "circulatory"),
+        ("786", "respiratory"),
+        ("787", "digestive"),
+        ("788", "genitourinary"),
+        ("789", "other"),
+        ("799", "other"),
+        ("800", "injury"),
+        ("999", "injury"),
         ("999.9", "injury"),
     ],
-)  # fmt: skip
+)
 def test_icd9_codes_fall_in_the_strack_groups_at_every_boundary(code, group):
     assert diagnosis_groups(np.array([code], dtype=object)).tolist() == [group]
     assert hot(features_of(diag_1=code), "diag_1") == [group]
@@ -50,10 +81,22 @@ def test_icd9_codes_fall_in_the_strack_groups_at_every_boundary(code, group):
 
 @pytest.mark.parametrize(
     ("code", "group"),
-    [("V45", "v_code"), ("V57", "v_code"), ("v58", "v_code"), ("E878", "e_code"), ("E909", "e_code"),
-     ("?", "missing"), (None, "missing"), ("", "missing"), (" 428 ", "circulatory"), ("abc", "other"),
-     ("1000", "other"), (428, "circulatory"), (250.01, "diabetes")],
-)  # fmt: skip
+    [
+        ("V45", "v_code"),
+        ("V57", "v_code"),
+        ("v58", "v_code"),
+        ("E878", "e_code"),
+        ("E909", "e_code"),
+        ("?", "missing"),
+        (None, "missing"),
+        ("", "missing"),
+        (" 428 ", "circulatory"),
+        ("abc", "other"),
+        ("1000", "other"),
+        (428, "circulatory"),
+        (250.01, "diabetes"),
+    ],
+)
 def test_v_and_e_codes_missing_codes_and_odd_spellings_have_their_own_groups(code, group):
     assert diagnosis_groups(np.array([code], dtype=object)).tolist() == [group]
     for column in encounter_columns.DIAGNOSIS_COLUMNS:
@@ -81,9 +124,18 @@ def test_unseen_categories_map_to_a_defined_level_without_raising(column, value,
 
 
 def test_unknown_values_of_ordered_and_flag_columns_never_raise_and_count_for_nothing():
-    odd = features_of(gender="X", age="[100-110)", weight="heavy", max_glu_serum="high", A1Cresult="7%",
-                      insulin="Sideways", metformin="?", change="?", diabetesMed="maybe",
-                      num_medications="many")  # fmt: skip
+    odd = features_of(
+        gender="X",
+        age="[100-110)",
+        weight="heavy",
+        max_glu_serum="high",
+        A1Cresult="7%",
+        insulin="Sideways",
+        metformin="?",
+        change="?",
+        diabetesMed="maybe",
+        num_medications="many",
+    )
     assert (odd["gender_female"], odd["gender_male"], odd["age_years"], odd["weight_recorded"]) == (
         0,
         0,
@@ -98,9 +150,11 @@ def test_unknown_values_of_ordered_and_flag_columns_never_raise_and_count_for_no
 
 @pytest.mark.parametrize(
     ("column", "prefix", "values"),
-    [("max_glu_serum", "max_glu_serum", ("None", "Norm", ">200", ">300")),
-     ("A1Cresult", "a1c", ("None", "Norm", ">7", ">8"))],
-)  # fmt: skip
+    [
+        ("max_glu_serum", "max_glu_serum", ("None", "Norm", ">200", ">300")),
+        ("A1Cresult", "a1c", ("None", "Norm", ">7", ">8")),
+    ],
+)
 def test_none_is_the_not_taken_level_and_a_missing_result_is_not_a_taken_test(column, prefix, values):
     levels = [features_of(**{column: value}) for value in values]
     assert [f[f"{prefix}_level"] for f in levels] == [0, 1, 2, 3]
@@ -111,8 +165,16 @@ def test_none_is_the_not_taken_level_and_a_missing_result_is_not_a_taken_test(co
 
 
 def test_numbers_ages_visits_and_medications_are_engineered_as_documented():
-    features = features_of(age="[70-80)", weight="[75-100)", number_outpatient="1", number_emergency="3",
-                           number_inpatient="2", insulin="Up", metformin="Steady", glipizide="Down")  # fmt: skip
+    features = features_of(
+        age="[70-80)",
+        weight="[75-100)",
+        number_outpatient="1",
+        number_emergency="3",
+        number_inpatient="2",
+        insulin="Up",
+        metformin="Steady",
+        glipizide="Down",
+    )
     assert (features["age_years"], features["weight_recorded"], features["total_prior_visits"]) == (75, 1, 6)
     medications = ("med_insulin", "med_metformin", "med_glipizide", "med_acarbose")
     assert tuple(features[m] for m in medications) == (2, 1, 3, 0)
@@ -153,8 +215,13 @@ def test_absent_input_columns_count_as_missing():
 
 def test_numbers_given_as_numbers_or_as_text_give_the_same_features(synthetic_frame):
     text = synthetic_frame.iloc[:200]
-    numeric_columns = [*encounter_columns.COUNT_RANGES, "admission_type_id", "discharge_disposition_id", "admission_source_id"]
-    numbers = text.astype({column: "int64" for column in numeric_columns})
+    numeric_columns = [
+        *encounter_columns.COUNT_RANGES,
+        "admission_type_id",
+        "discharge_disposition_id",
+        "admission_source_id",
+    ]
+    numbers = text.astype(dict.fromkeys(numeric_columns, "int64"))
     decimals = text.assign(admission_type_id=text["admission_type_id"] + ".0")
     transformer = EncounterFeatures().fit(text)
     expected = transformer.transform(text)

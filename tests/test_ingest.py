@@ -23,7 +23,12 @@ def test_a_batch_from_the_data_api_is_stored_raw_and_clean(storage, synthetic_da
     batch = ingest.fetch(synthetic_data_api, 2)
     result = ingest.ingest_batch(storage, batch, source=f"data-api:{synthetic_data_api}")
     assert (result.batch_number, result.received, result.raw_rows, result.clean_rows, result.rejected) == (
-        2, 1_000, 1_000, 1_000, 0)  # fmt: skip
+        2,
+        1_000,
+        1_000,
+        1_000,
+        0,
+    )
     expected = as_served(load_dataset(synthetic_csv).iloc[1_000:2_000])
     pd.testing.assert_frame_equal(storage.read_raw_batch(2), expected)
     assert len(storage.read_clean_batch(2)) == 1_000
@@ -49,9 +54,10 @@ def test_a_batch_whose_every_row_is_quarantined_is_logged_with_nothing_stored(st
 
 
 @pytest.mark.parametrize(
-    "change", [lambda rows: rows.drop(columns=["readmitted"]), lambda rows: rows.assign(note="x")],
+    "change",
+    [lambda rows: rows.drop(columns=["readmitted"]), lambda rows: rows.assign(note="x")],
     ids=["missing column", "extra column"],
-)  # fmt: skip
+)
 def test_a_batch_with_wrong_columns_is_refused_and_nothing_is_written(storage, change):
     batch = Batch(number=1, total_batches=1, rows=change(encounter_rows(50)))
     with pytest.raises(SchemaError, match="batch refused"):
@@ -78,9 +84,14 @@ def test_the_stages_chain_through_the_database_as_the_dag_runs_them(storage):
 
 def test_ingest_file_stores_every_batch_numbered_as_the_data_api_numbers_them(storage, synthetic_csv):
     results = ingest.ingest_file(storage, synthetic_csv, batch_size=1_500)
-    assert [(r.batch_number, r.received, r.clean_rows) for r in results] == [(1, 1_500, 1_500), (2, 1_500, 1_500),
-                                                                               (3, 1_000, 1_000)]  # fmt: skip
+    assert [(r.batch_number, r.received, r.clean_rows) for r in results] == [
+        (1, 1_500, 1_500),
+        (2, 1_500, 1_500),
+        (3, 1_000, 1_000),
+    ]
     pd.testing.assert_frame_equal(storage.read_raw_batch(3), as_served(load_dataset(synthetic_csv).iloc[3_000:]))
     assert storage.stored_batches() == [1, 2, 3]
     assert set(storage.batch_log()["source"]) == {f"file:{synthetic_csv}"}
-    assert storage.labelled_encounters().columns.tolist()[: len(encounter_columns.COLUMNS)] == list(encounter_columns.COLUMNS)
+    assert storage.labelled_encounters().columns.tolist()[: len(encounter_columns.COLUMNS)] == list(
+        encounter_columns.COLUMNS
+    )

@@ -81,7 +81,7 @@ class StubService:
 
         return Handler
 
-    def __enter__(self) -> "StubService":
+    def __enter__(self) -> StubService:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
@@ -97,24 +97,38 @@ def inference_api(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("inference-api")
     settings = Settings(_env_file=None, data_dir=folder / "data")
     register_model(settings)
-    server, url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                       "API_KEYS": LOADTEST_KEY_ENTRY}, folder)
+    server, url = start_inference_api(
+        {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "API_KEYS": LOADTEST_KEY_ENTRY}, folder
+    )
     yield url
     server.stop()
 
 
 def run_load_test(command: list[str], host: str, report_dir: Path, **settings: object) -> subprocess.CompletedProcess:
     """`command` run as a user runs it, with `settings` (LOADTEST_*, SLO_*) in its environment."""
-    env = {**os.environ, "API_URL": host, "LOADTEST_REPORT_DIR": str(report_dir), "LOADTEST_POOL_ROWS": "300",
-           "LOADTEST_BATCH_ROWS": "50", **{name.upper(): str(value) for name, value in settings.items()}}  # fmt: skip
+    env = {
+        **os.environ,
+        "API_URL": host,
+        "LOADTEST_REPORT_DIR": str(report_dir),
+        "LOADTEST_POOL_ROWS": "300",
+        "LOADTEST_BATCH_ROWS": "50",
+        **{name.upper(): str(value) for name, value in settings.items()},
+    }
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
 
 
 def locust_image_command(report_dir: Path) -> list[str]:
     """The locust image's command (`locust -f .../locustfile.py`) from this checkout, headless, with CSV and HTML."""
     image = run_locally(image_command(LOCUST_DOCKERFILE), LOCUST_DOCKERFILE, free_port())
-    return [*image, "--headless", "--only-summary", "--csv", str(report_dir / "stats"),
-            "--html", str(report_dir / "report.html")]  # fmt: skip
+    return [
+        *image,
+        "--headless",
+        "--only-summary",
+        "--csv",
+        str(report_dir / "stats"),
+        "--html",
+        str(report_dir / "report.html"),
+    ]
 
 
 def summary_of(report_dir: Path) -> str:
@@ -195,9 +209,18 @@ def test_capacity_is_the_last_step_before_the_first_breaking_one():
 @pytest.mark.servers
 @pytest.mark.servers
 def test_make_loadtest_against_the_inference_service_keeps_the_slos_and_reports(inference_api, tmp_path):
-    result = run_load_test(MAKE_LOADTEST, inference_api, tmp_path, loadtest_users=30, loadtest_run_seconds=20,
-                           loadtest_spawn_rate=30, loadtest_clinician_weight=8, loadtest_system_weight=1,
-                           loadtest_monitor_weight=1, api_key=LOADTEST_KEY)  # fmt: skip
+    result = run_load_test(
+        MAKE_LOADTEST,
+        inference_api,
+        tmp_path,
+        loadtest_users=30,
+        loadtest_run_seconds=20,
+        loadtest_spawn_rate=30,
+        loadtest_clinician_weight=8,
+        loadtest_system_weight=1,
+        loadtest_monitor_weight=1,
+        api_key=LOADTEST_KEY,
+    )
     summary = summary_of(tmp_path)
     assert result.returncode == 0, summary
     assert "**PASS**" in verdict_line(summary) and "highest user count that kept the SLOs: 30" in summary
@@ -216,8 +239,14 @@ def test_make_loadtest_against_the_inference_service_keeps_the_slos_and_reports(
 
 def test_a_failing_endpoint_breaks_the_failure_ratio_slo(tmp_path):
     with StubService(status=500) as service:
-        result = run_load_test(locust_image_command(tmp_path), service.url, tmp_path, loadtest_users=10,
-                               loadtest_run_seconds=5, loadtest_think_seconds=0.1)  # fmt: skip
+        result = run_load_test(
+            locust_image_command(tmp_path),
+            service.url,
+            tmp_path,
+            loadtest_users=10,
+            loadtest_run_seconds=5,
+            loadtest_think_seconds=0.1,
+        )
     assert result.returncode != 0, result.stderr[-3000:]
     verdict = verdict_line(summary_of(tmp_path))
     assert "FAIL" in verdict and "failure ratio" in verdict and "p95" not in verdict
@@ -225,8 +254,14 @@ def test_a_failing_endpoint_breaks_the_failure_ratio_slo(tmp_path):
 
 def test_a_slow_endpoint_breaks_the_latency_slo(tmp_path):
     with StubService(delay=0.3) as service:
-        result = run_load_test(locust_image_command(tmp_path), service.url, tmp_path, loadtest_users=10,
-                               loadtest_run_seconds=5, loadtest_think_seconds=0.1)  # fmt: skip
+        result = run_load_test(
+            locust_image_command(tmp_path),
+            service.url,
+            tmp_path,
+            loadtest_users=10,
+            loadtest_run_seconds=5,
+            loadtest_think_seconds=0.1,
+        )
     assert result.returncode != 0, result.stderr[-3000:]
     verdict = verdict_line(summary_of(tmp_path))
     assert "FAIL" in verdict and "p95 of POST /predict" in verdict and "failure ratio" not in verdict
@@ -236,9 +271,18 @@ def test_a_slow_endpoint_breaks_the_latency_slo(tmp_path):
 
 def test_the_step_shape_adds_users_until_an_slo_breaks_then_stops(tmp_path):
     with StubService(delay=0.02, one_at_a_time=True) as service:  # at most 50 requests/s
-        result = run_load_test(locust_image_command(tmp_path), service.url, tmp_path, loadtest_shape="step",
-                               loadtest_step_users=2, loadtest_step_seconds=2, loadtest_max_users=40,
-                               loadtest_spawn_rate=20, loadtest_think_seconds=0.1, slo_p95_predict_ms=100)  # fmt: skip
+        result = run_load_test(
+            locust_image_command(tmp_path),
+            service.url,
+            tmp_path,
+            loadtest_shape="step",
+            loadtest_step_users=2,
+            loadtest_step_seconds=2,
+            loadtest_max_users=40,
+            loadtest_spawn_rate=20,
+            loadtest_think_seconds=0.1,
+            slo_p95_predict_ms=100,
+        )
     assert result.returncode == 0, result.stderr[-3000:]  # a capacity was found
     summary = summary_of(tmp_path)
     table = summary.split("## Steps")[1].splitlines()[4:]

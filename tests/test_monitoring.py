@@ -50,7 +50,8 @@ def test_a_runs_figures_become_metrics_by_stage_task_and_decision():
     assert found[("diabetes_pipeline_rows", (("stage", "rejected"),))] == 10
     assert found[("diabetes_pipeline_task_duration_seconds", (("task", "train"),))] == 43.0
     assert {labels for name, labels in found if name == "diabetes_pipeline_task_duration_seconds"} == {
-        (("task", task),) for task in RUN_FIGURES}
+        (("task", task),) for task in RUN_FIGURES
+    }
     assert found[("diabetes_pipeline_batch_number", ())] == 3
     assert found[("diabetes_pipeline_live_roc_auc", ())] == 0.64
     assert found[("diabetes_pipeline_training_seconds", ())] == 41.5
@@ -64,9 +65,18 @@ def test_a_runs_figures_become_metrics_by_stage_task_and_decision():
 
 
 def test_figures_a_run_does_not_have_are_left_out_rather_than_zero():
-    figures = {**RUN_FIGURES, "score_batch": {"batch": 3, "model_version": None, "rows_scored": 0,
-                                              "live_roc_auc": None, "live_accuracy": None, "seconds": 0.1},
-               "promote": {"batch": 3, "decision": "no_new_model", "promoted": False, "seconds": 0.1}}  # fmt: skip
+    figures = {
+        **RUN_FIGURES,
+        "score_batch": {
+            "batch": 3,
+            "model_version": None,
+            "rows_scored": 0,
+            "live_roc_auc": None,
+            "live_accuracy": None,
+            "seconds": 0.1,
+        },
+        "promote": {"batch": 3, "decision": "no_new_model", "promoted": False, "seconds": 0.1},
+    }
     names = {name for name, _ in samples(exposition(figures))}
     assert "diabetes_pipeline_live_roc_auc" not in names and "diabetes_pipeline_gate_roc_auc" not in names
     assert "diabetes_pipeline_feature_psi" not in names
@@ -136,14 +146,14 @@ def test_a_reported_run_pushes_the_batchs_drift_against_the_scoring_models_train
     assert max(report["drift"].values()) < 0.1  # the same synthetic population as the training rows
     found = pipeline_samples(pushgateway.metrics())
     assert {labels for name, labels in found if name == "diabetes_pipeline_feature_psi"} == {
-        (("feature", f),) for f in drift.FEATURES}
+        (("feature", f),) for f in drift.FEATURES
+    }
     assert found[("diabetes_pipeline_production_model_version", ())] == 1
     assert time.time() - 600 < found[("diabetes_pipeline_production_model_created_timestamp_seconds", ())] < time.time()
 
 
 @pytest.mark.servers
-def test_a_run_whose_drift_cannot_be_measured_still_pushes_its_figures(make_settings, pushgateway, caplog,
-                                                                       monkeypatch):  # fmt: skip
+def test_a_run_whose_drift_cannot_be_measured_still_pushes_its_figures(make_settings, pushgateway, caplog, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     settings = make_settings(pushgateway_url=pushgateway.url, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
     report = monitoring.report_run(settings, RUN_FIGURES)  # MLflow is down

@@ -45,8 +45,11 @@ def panel_queries() -> list[tuple[str, str, str]]:
 
 
 def rule_expressions() -> list[tuple[str, str]]:
-    return [(rule["alert"], rule["expr"]) for group in yaml.safe_load(RULES.read_text())["groups"]
-            for rule in group["rules"]]  # fmt: skip
+    return [
+        (rule["alert"], rule["expr"])
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+    ]
 
 
 def promql(expr: str) -> str:
@@ -96,16 +99,22 @@ def stack(tmp_path_factory):
     ingest.ingest_batch(storage, Batch(1, 7, encounter_rows(500, seed=5)), "observability-test")
     storage.dispose()
 
-    api, api_url = start_inference_api({"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                        "DRIFT_WINDOW": str(DRIFT_WINDOW)}, folder, workers=2)  # fmt: skip
+    api, api_url = start_inference_api(
+        {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "DRIFT_WINDOW": str(DRIFT_WINDOW)}, folder, workers=2
+    )
     pushgateway = Pushgateway(folder).start()
     prometheus = PrometheusServer(folder / "prometheus.yml", folder)
     try:
-        report = monitoring.report_run(settings.model_copy(update={"pushgateway_url": pushgateway.url}),
-                                       pipeline_run_figures(batch=1, scored_by=version))  # fmt: skip
+        report = monitoring.report_run(
+            settings.model_copy(update={"pushgateway_url": pushgateway.url}),
+            pipeline_run_figures(batch=1, scored_by=version),
+        )
         assert report["pushed"] and report["drift"], report
-        addresses = {"prometheus": host_port(prometheus.url), "inference-api": host_port(api_url),
-                     "pushgateway": host_port(pushgateway.url)}  # fmt: skip
+        addresses = {
+            "prometheus": host_port(prometheus.url),
+            "inference-api": host_port(api_url),
+            "pushgateway": host_port(pushgateway.url),
+        }
         (folder / "prometheus.yml").write_text(yaml.safe_dump(config_for_test(addresses)))
         prometheus.start()
         yield {"api": api_url, "prometheus": prometheus}
@@ -119,8 +128,9 @@ def drive_traffic(api: str, rounds: int, pause: float) -> None:
     Every encounter is a different one of the training data's population: the requests do not drift."""
     first = synthetic_dataset(DRIFT_WINDOW + 100, seed=21)
     rest = [request_body(row) for row in synthetic_dataset(rounds * 30, seed=22).to_dict("records")]
-    ok = requests.post(f"{api}/predict/batch", data=first.to_csv(index=False), headers={"Content-Type": "text/csv"},
-                       timeout=60)  # fmt: skip
+    ok = requests.post(
+        f"{api}/predict/batch", data=first.to_csv(index=False), headers={"Content-Type": "text/csv"}, timeout=60
+    )
     assert ok.status_code == 200, ok.text
     for turn in range(rounds):
         bodies = rest[turn * 30 : (turn + 1) * 30]
@@ -138,16 +148,25 @@ def has_data(result: list[dict]) -> bool:
 
 
 def empty_panels(prometheus: PrometheusServer) -> list[str]:
-    return [f"{dashboard} / {title}: {expr}" for dashboard, title, expr in panel_queries()
-            if not has_data(prometheus.query(promql(expr)))]  # fmt: skip
+    return [
+        f"{dashboard} / {title}: {expr}"
+        for dashboard, title, expr in panel_queries()
+        if not has_data(prometheus.query(promql(expr)))
+    ]
 
 
 @pytest.fixture(scope="module")
 def scraped(stack):
     """Prometheus after scraping both workers' traffic several times (waits until every target is up)."""
     prometheus = stack["prometheus"]
-    wait_until(lambda: {t["labels"]["job"] for t in prometheus.targets() if t["health"] == "up"}
-               >= {"prometheus", "inference-api", "pushgateway"}, timeout=30, what="every target scraped")  # fmt: skip
+    wait_until(
+        lambda: (
+            {t["labels"]["job"] for t in prometheus.targets() if t["health"] == "up"}
+            >= {"prometheus", "inference-api", "pushgateway"}
+        ),
+        timeout=30,
+        what="every target scraped",
+    )
     drive_traffic(stack["api"], rounds=8, pause=0.6)
     try:
         wait_until(lambda: not empty_panels(prometheus), timeout=20, interval=1, what="every panel to show data")
@@ -167,7 +186,7 @@ def test_both_workers_report_cpu_and_memory(scraped):
 
 
 def test_every_alert_expression_parses_and_the_rules_evaluate_without_error(scraped):
-    for alert, expr in rule_expressions():
+    for _alert, expr in rule_expressions():
         scraped.query(expr)  # ValueError with Prometheus' message when it does not parse
     groups = requests.get(f"{scraped.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
@@ -178,8 +197,14 @@ def test_every_alert_expression_parses_and_the_rules_evaluate_without_error(scra
 
 def test_a_healthy_stack_fires_no_inference_or_drift_alert(scraped):
     firing = {alert["metric"]["alertname"] for alert in scraped.query("ALERTS")}
-    assert not firing & {"InferenceTargetDown", "InferenceHighErrorRatio", "InferenceNoModel", "ServingFeatureDrift",
-                         "BatchFeatureDrift", "MonitoringTargetDown"}, firing  # fmt: skip
+    assert not firing & {
+        "InferenceTargetDown",
+        "InferenceHighErrorRatio",
+        "InferenceNoModel",
+        "ServingFeatureDrift",
+        "BatchFeatureDrift",
+        "MonitoringTargetDown",
+    }, firing
 
 
 def test_dashboards_have_fixed_uids_and_no_datasource_inputs():

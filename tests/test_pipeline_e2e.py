@@ -42,11 +42,18 @@ def stack(request, mariadb, s3_server, mlflow_server, synthetic_data_api, make_s
     exported to the environment the tasks read; the serving URL answers nothing, so notify_serving can only warn."""
     mariadb.reset("raw_data_db", "clean_data_db")
     settings = make_settings(
-        data_api_url=synthetic_data_api, raw_db_url=mariadb.url("raw_data_db"), clean_db_url=mariadb.url("clean_data_db"),
-        mlflow_tracking_uri=mlflow_server.url, model_name=f"e2e-{request.node.name[:40]}", batch_store="s3",
-        s3_endpoint_url=s3_server.url, s3_bucket=BUCKET, serving_url=f"http://127.0.0.1:{free_port()}",
-        promotion_min_auc=0.5, pipeline_retry_delay_seconds=RETRY_DELAY_SECONDS,
-    )  # fmt: skip
+        data_api_url=synthetic_data_api,
+        raw_db_url=mariadb.url("raw_data_db"),
+        clean_db_url=mariadb.url("clean_data_db"),
+        mlflow_tracking_uri=mlflow_server.url,
+        model_name=f"e2e-{request.node.name[:40]}",
+        batch_store="s3",
+        s3_endpoint_url=s3_server.url,
+        s3_bucket=BUCKET,
+        serving_url=f"http://127.0.0.1:{free_port()}",
+        promotion_min_auc=0.5,
+        pipeline_retry_delay_seconds=RETRY_DELAY_SECONDS,
+    )
     for name, value in {**settings_environment(settings), **S3_TEST_CREDENTIALS}.items():
         monkeypatch.setenv(name, value)
     for key in batch_store_keys(s3_server):
@@ -129,14 +136,16 @@ def test_two_batches_flow_to_a_promoted_model_and_a_rerun_changes_nothing_unless
     assert set(states(forced).values()) == {"success"}, forced
     after_forced = snapshot(stack, s3_server)
     assert after_forced["versions"] == [1, 2, 3]
-    assert_same({k: v for k, v in after_second.items() if k not in ("versions", "aliases")},
-                {k: v for k, v in after_forced.items() if k not in ("versions", "aliases")})  # fmt: skip
+    assert_same(
+        {k: v for k, v in after_second.items() if k not in ("versions", "aliases")},
+        {k: v for k, v in after_forced.items() if k not in ("versions", "aliases")},
+    )
 
 
 def test_a_data_api_that_does_not_answer_skips_the_run_and_writes_nothing(pipeline_dag, stack, s3_server, monkeypatch):
     monkeypatch.setenv("DATA_API_URL", f"http://127.0.0.1:{free_port()}")
     result = run(pipeline_dag, batch=1)
-    assert states(result) == {task: "skipped" for task in task_order(pipeline_dag)}
+    assert states(result) == dict.fromkeys(task_order(pipeline_dag), "skipped")
     assert table_names(stack.raw_db_url) == [] and table_names(stack.clean_db_url) == []
     assert batch_store_keys(s3_server) == []
 
@@ -161,9 +170,9 @@ def test_a_malformed_batch_fails_at_validation_without_retries_and_nothing_is_wr
     order = task_order(pipeline_dag)
     failed = order.index("store_clean")
     assert states(result) == {
-        **{task: "success" for task in order[:failed]},
+        **dict.fromkeys(order[:failed], "success"),
         "store_clean": "failed",
-        **{task: "upstream_failed" for task in order[failed + 1 :]},
+        **dict.fromkeys(order[failed + 1 :], "upstream_failed"),
     }
     assert result["store_clean"][1] == 1  # refused at once: retrying cannot fix a batch
     written = snapshot(stack, s3_server)
@@ -173,14 +182,18 @@ def test_a_malformed_batch_fails_at_validation_without_retries_and_nothing_is_wr
     assert written["batch_store"] == ["batches/2/raw.parquet"] and written["versions"] == []
 
 
-def test_mysql_refusing_connections_for_a_moment_is_retried_without_duplicates(pipeline_dag, stack, s3_server,
-                                                                               mariadb, airflow_db):  # fmt: skip
+def test_mysql_refusing_connections_for_a_moment_is_retried_without_duplicates(
+    pipeline_dag, stack, s3_server, mariadb, airflow_db
+):
     """MariaDB is stopped before the run and started again once store_raw has failed its first try."""
     restarted = threading.Event()
 
     def restart_after_the_first_failure() -> None:
-        wait_until(lambda: _task_state(airflow_db, "store_raw") == "up_for_retry", timeout=120,
-                   what="store_raw to fail and wait for its retry")  # fmt: skip
+        wait_until(
+            lambda: _task_state(airflow_db, "store_raw") == "up_for_retry",
+            timeout=120,
+            what="store_raw to fail and wait for its retry",
+        )
         mariadb.start()
         restarted.set()
 
@@ -195,7 +208,7 @@ def test_mysql_refusing_connections_for_a_moment_is_retried_without_duplicates(p
         if not restarted.is_set():
             mariadb.start()
     assert restarted.is_set()
-    assert {task: result[task][0] for task in STORAGE_TASKS} == {task: "success" for task in STORAGE_TASKS}
+    assert {task: result[task][0] for task in STORAGE_TASKS} == dict.fromkeys(STORAGE_TASKS, "success")
     assert result["store_raw"][1] >= 2  # it did fail first
     written = snapshot(stack, s3_server)
     assert len(written["diabetes_raw"]) == 1_000 and written["diabetes_raw"]["encounter_id"].is_unique
@@ -206,6 +219,7 @@ def test_mysql_refusing_connections_for_a_moment_is_retried_without_duplicates(p
 def _task_state(airflow_home, task_id: str) -> str | None:
     """The state of the latest try of `task_id`, read straight from Airflow's SQLite metadata DB."""
     with sqlite3.connect(airflow_home / "airflow.db", timeout=5) as conn:
-        row = conn.execute("SELECT state FROM task_instance WHERE task_id = ? ORDER BY rowid DESC LIMIT 1",
-                           (task_id,)).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT state FROM task_instance WHERE task_id = ? ORDER BY rowid DESC LIMIT 1", (task_id,)
+        ).fetchone()
     return row[0] if row else None

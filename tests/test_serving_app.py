@@ -49,10 +49,15 @@ def first_version(registry_settings) -> str:
 @pytest.fixture(scope="module")
 def api(registry_settings, first_version, tmp_path_factory) -> str:
     server, url = start_inference_api(
-        {"MLFLOW_TRACKING_URI": registry_settings.mlflow_tracking_uri, "RELOAD_TOKEN": TOKEN,
-         "MODEL_POLL_SECONDS": "3600", "MAX_BATCH_ROWS": str(MAX_BATCH_ROWS), "MAX_BODY_BYTES": str(MAX_BODY_BYTES)},
+        {
+            "MLFLOW_TRACKING_URI": registry_settings.mlflow_tracking_uri,
+            "RELOAD_TOKEN": TOKEN,
+            "MODEL_POLL_SECONDS": "3600",
+            "MAX_BATCH_ROWS": str(MAX_BATCH_ROWS),
+            "MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        },
         tmp_path_factory.mktemp("serving-api"),
-    )  # fmt: skip
+    )
     yield url
     server.stop()
 
@@ -71,7 +76,8 @@ def same_factors(some: list[dict], others: list[dict]) -> bool:
     """The same fields, values and directions, and contributions equal but for the last bits."""
     exact = [{k: v for k, v in factor.items() if k != "contribution"} for factor in some]
     return exact == [{k: v for k, v in factor.items() if k != "contribution"} for factor in others] and [
-        f["contribution"] for f in some] == pytest.approx([f["contribution"] for f in others], abs=1e-9)
+        f["contribution"] for f in some
+    ] == pytest.approx([f["contribution"] for f in others], abs=1e-9)
 
 
 def served_pipeline(settings: Settings, version: str):
@@ -120,12 +126,15 @@ def test_the_model_card_describes_the_production_version_and_its_lineage(api, fi
 def test_a_prediction_is_the_registered_pipelines_answer_in_plain_words(api, registry_settings, encounters):
     card = requests.get(f"{api}/model", timeout=10).json()
     expected = served_pipeline(registry_settings, card["version"]).predict_proba(encounters)[:, 1]
-    for body, probability in zip(bodies(encounters.head(10)), expected):
+    for body, probability in zip(bodies(encounters.head(10)), expected, strict=True):
         answer = requests.post(f"{api}/predict", json=body, timeout=10).json()
         assert answer["probability"] == pytest.approx(probability, abs=1e-12)
         assert answer["prediction"] == int(probability >= card["decision_threshold"])
-        band = "high" if probability >= DEFAULTS.risk_high_threshold else (
-            "medium" if probability >= DEFAULTS.risk_medium_threshold else "low")  # fmt: skip
+        band = (
+            "high"
+            if probability >= DEFAULTS.risk_high_threshold
+            else ("medium" if probability >= DEFAULTS.risk_medium_threshold else "low")
+        )
         assert (answer["risk_band"], answer["label"]) == (band, RISK_LABELS[band])
         assert (answer["model_name"], answer["model_version"]) == ("diabetes-readmission", card["version"])
         assert type(answer["prediction"]) is int and type(answer["probability"]) is float
@@ -154,7 +163,8 @@ def test_an_explained_prediction_lists_the_fields_that_moved_the_risk(api, regis
     plain = requests.post(f"{api}/predict", json=body, timeout=10).json()
     explained = requests.post(f"{api}/predict", params={"explain": "true"}, json=body, timeout=30).json()
     assert plain["factors"] is None and {k: explained[k] for k in ("probability", "risk_band")} == {
-        k: plain[k] for k in ("probability", "risk_band")}
+        k: plain[k] for k in ("probability", "risk_band")
+    }
     assert explained["factors_scale"] == "log-odds" and 1 <= len(explained["factors"]) <= 5
     pipeline = served_pipeline(registry_settings, explained["model_version"])
     expected = Explainer(pipeline).explain(pd.DataFrame([body])[list(encounter_columns.FEATURE_INPUT_COLUMNS)])
@@ -170,32 +180,40 @@ def test_an_explained_prediction_lists_the_fields_that_moved_the_risk(api, regis
 def test_a_batch_explains_every_row_like_single_requests(api, encounters):
     rows = bodies(encounters.head(6))
     batch = requests.post(f"{api}/predict/batch", params={"explain": "true"}, json=rows, timeout=30).json()
-    by_csv = requests.post(f"{api}/predict/batch?explain=true", data=encounters.head(6).to_csv(index=False),
-                           headers={"Content-Type": "text/csv"}, timeout=30).json()  # fmt: skip
+    by_csv = requests.post(
+        f"{api}/predict/batch?explain=true",
+        data=encounters.head(6).to_csv(index=False),
+        headers={"Content-Type": "text/csv"},
+        timeout=30,
+    ).json()
     singles = [requests.post(f"{api}/predict?explain=true", json=row, timeout=10).json() for row in rows]
     for single, row_answer, csv_answer in zip(singles, batch["predictions"], by_csv["predictions"], strict=True):
         assert {k: single[k] for k in row_answer if k != "factors"} == pytest.approx(
-            {k: v for k, v in row_answer.items() if k != "factors"})
+            {k: v for k, v in row_answer.items() if k != "factors"}
+        )
         assert same_factors(single["factors"], row_answer["factors"])
         assert same_factors(csv_answer["factors"], row_answer["factors"])
     plain = requests.post(f"{api}/predict/batch", json=rows, timeout=30).json()
     assert all("factors" not in answer for answer in plain["predictions"])
 
 
-@pytest.mark.parametrize("field, value, kind", [
-    ("time_in_hospital", "five", "int_type"),
-    ("time_in_hospital", 2.5, "int_type"),
-    ("number_inpatient", True, "int_type"),
-    ("number_inpatient", 51, "less_than_equal"),
-    ("num_lab_procedures", -1, "greater_than_equal"),
-    ("race", "Martian", "literal_error"),
-    ("insulin", "Sideways", "literal_error"),
-    ("admission_type_id", 99, "literal_error"),
-    ("admission_type_id", True, "int_type"),
-    ("discharge_disposition_id", 1.0, "int_type"),
-    ("diag_1", 428, "string_type"),
-    ("diag_1", "4" * 65, "string_too_long"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value, kind",
+    [
+        ("time_in_hospital", "five", "int_type"),
+        ("time_in_hospital", 2.5, "int_type"),
+        ("number_inpatient", True, "int_type"),
+        ("number_inpatient", 51, "less_than_equal"),
+        ("num_lab_procedures", -1, "greater_than_equal"),
+        ("race", "Martian", "literal_error"),
+        ("insulin", "Sideways", "literal_error"),
+        ("admission_type_id", 99, "literal_error"),
+        ("admission_type_id", True, "int_type"),
+        ("discharge_disposition_id", 1.0, "int_type"),
+        ("diag_1", 428, "string_type"),
+        ("diag_1", "4" * 65, "string_too_long"),
+    ],
+)
 def test_a_wrong_value_is_refused_with_422_naming_the_field(api, field, value, kind):
     response = requests.post(f"{api}/predict", json={**EXAMPLE_ENCOUNTER, field: value}, timeout=10)
     assert response.status_code == 422
@@ -206,12 +224,21 @@ def test_a_missing_required_field_and_an_unknown_one_are_refused_with_422(api):
     body = {k: v for k, v in EXAMPLE_ENCOUNTER.items() if k != "age"} | {"A1Cresults": ">8"}
     response = requests.post(f"{api}/predict", json=body, timeout=10)
     assert response.status_code == 422
-    assert {(e["loc"][-1], e["type"]) for e in response.json()["detail"]} == {("age", "missing"),
-                                                                              ("A1Cresults", "extra_forbidden")}
+    assert {(e["loc"][-1], e["type"]) for e in response.json()["detail"]} == {
+        ("age", "missing"),
+        ("A1Cresults", "extra_forbidden"),
+    }
 
 
-@pytest.mark.parametrize("content, content_type", [(b"{not json", "application/json"), (b"\xff\xfe", "application/json"),
-                                                    (b"[1, 2]", "application/json"), (b"race=x", "text/plain")])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, content_type",
+    [
+        (b"{not json", "application/json"),
+        (b"\xff\xfe", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b"race=x", "text/plain"),
+    ],
+)
 def test_a_body_that_is_not_an_encounter_is_a_client_error(api, content, content_type):
     response = requests.post(f"{api}/predict", data=content, headers={"Content-Type": content_type}, timeout=10)
     assert 400 <= response.status_code < 500
@@ -220,8 +247,12 @@ def test_a_body_that_is_not_an_encounter_is_a_client_error(api, content, content
 def test_a_body_over_the_size_limit_is_refused_with_413(api):
     big = b"[" + b" " * MAX_BODY_BYTES + b"]"
     declared = requests.post(f"{api}/predict", data=big, headers={"Content-Type": "application/json"}, timeout=10)
-    chunked = requests.post(f"{api}/predict/batch", data=iter([big[:100_000], big[100_000:]]),
-                            headers={"Content-Type": "application/json"}, timeout=10)  # no Content-Length
+    chunked = requests.post(
+        f"{api}/predict/batch",
+        data=iter([big[:100_000], big[100_000:]]),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )  # no Content-Length
     for response in (declared, chunked):
         assert response.status_code == 413 and "MAX_BODY_BYTES" in response.json()["detail"]
 
@@ -234,7 +265,7 @@ def test_a_json_batch_is_scored_in_order_like_single_requests(api, encounters):
     batch = requests.post(f"{api}/predict/batch", json=rows, timeout=30).json()
     assert batch["rows"] == 12 and len(batch["predictions"]) == 12 and batch["model_version"]
     singles = [requests.post(f"{api}/predict", json=row, timeout=10).json() for row in rows[:4]]
-    for single, row_answer in zip(singles, batch["predictions"]):
+    for single, row_answer in zip(singles, batch["predictions"], strict=True):
         assert {k: single[k] for k in row_answer} == row_answer
 
 
@@ -248,10 +279,15 @@ def test_a_csv_batch_in_the_data_sets_format_scores_like_json(api, encounters):
 
 def test_a_csv_without_optional_columns_takes_their_missing_meaning(api, encounters):
     rows = encounters.head(5).assign(weight="?", payer_code="?", metformin="No")
-    full = requests.post(f"{api}/predict/batch", data=rows.to_csv(index=False),
-                         headers={"Content-Type": "text/csv"}, timeout=30)  # fmt: skip
-    lean = requests.post(f"{api}/predict/batch", data=rows.drop(columns=["weight", "payer_code", "metformin"]).to_csv(
-        index=False), headers={"Content-Type": "text/csv"}, timeout=30)  # fmt: skip
+    full = requests.post(
+        f"{api}/predict/batch", data=rows.to_csv(index=False), headers={"Content-Type": "text/csv"}, timeout=30
+    )
+    lean = requests.post(
+        f"{api}/predict/batch",
+        data=rows.drop(columns=["weight", "payer_code", "metformin"]).to_csv(index=False),
+        headers={"Content-Type": "text/csv"},
+        timeout=30,
+    )
     assert full.json()["predictions"] == lean.json()["predictions"]
 
 
@@ -261,8 +297,9 @@ def test_batch_errors_name_the_row_and_the_field(api, encounters):
     json_errors = requests.post(f"{api}/predict/batch", json=rows, timeout=30)
     text = encounters.head(5).copy()
     text.loc[2, "number_inpatient"] = "many"
-    csv_errors = requests.post(f"{api}/predict/batch", data=text.to_csv(index=False),
-                               headers={"Content-Type": "text/csv"}, timeout=30)  # fmt: skip
+    csv_errors = requests.post(
+        f"{api}/predict/batch", data=text.to_csv(index=False), headers={"Content-Type": "text/csv"}, timeout=30
+    )
     assert json_errors.status_code == csv_errors.status_code == 422
     assert [e["loc"] for e in json_errors.json()["detail"]] == [["body", 3, "race"]]
     (error,) = csv_errors.json()["detail"]
@@ -279,19 +316,27 @@ def test_a_csv_missing_a_required_column_or_with_an_unknown_one_is_refused(api, 
 def test_a_batch_over_max_batch_rows_is_refused_with_413(api):
     rows = [EXAMPLE_ENCOUNTER] * (MAX_BATCH_ROWS + 1)
     csv = pd.DataFrame(rows).to_csv(index=False)
-    for response in (requests.post(f"{api}/predict/batch", json=rows, timeout=30),
-                     requests.post(f"{api}/predict/batch", data=csv, headers={"Content-Type": "text/csv"}, timeout=30)):
+    for response in (
+        requests.post(f"{api}/predict/batch", json=rows, timeout=30),
+        requests.post(f"{api}/predict/batch", data=csv, headers={"Content-Type": "text/csv"}, timeout=30),
+    ):
         assert response.status_code == 413
-        assert f"{MAX_BATCH_ROWS + 1} encounters" in response.json()["detail"] and "MAX_BATCH_ROWS" in response.json()["detail"]
+        assert (
+            f"{MAX_BATCH_ROWS + 1} encounters" in response.json()["detail"]
+            and "MAX_BATCH_ROWS" in response.json()["detail"]
+        )
     assert requests.post(f"{api}/predict/batch", json=rows[:MAX_BATCH_ROWS], timeout=30).status_code == 200
 
 
-@pytest.mark.parametrize("content, content_type, status", [
-    (b"[]", "application/json", 422),
-    (b"race,age\n", "text/csv", 422),
-    (b"", "text/csv", 422),
-    (b"race\nCaucasian", "application/xml", 415),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, content_type, status",
+    [
+        (b"[]", "application/json", 422),
+        (b"race,age\n", "text/csv", 422),
+        (b"", "text/csv", 422),
+        (b"race\nCaucasian", "application/xml", 415),
+    ],
+)
 def test_malformed_batches_are_client_errors(api, content, content_type, status):
     response = requests.post(f"{api}/predict/batch", data=content, headers={"Content-Type": content_type}, timeout=10)
     assert response.status_code == status
@@ -390,13 +435,18 @@ def test_reload_swaps_in_a_promoted_version_while_requests_keep_succeeding(api, 
 def test_no_generated_request_is_a_server_error(api):
     """schemathesis, valid and invalid data for every operation of the OpenAPI schema: never a 5xx."""
     operations = [result.ok() for result in schemathesis.openapi.from_url(f"{api}/openapi.json").get_all_operations()]
-    assert {f"{o.method.upper()} {o.path}" for o in operations} >= {"POST /predict", "POST /predict/batch", "POST /reload"}
+    assert {f"{o.method.upper()} {o.path}" for o in operations} >= {
+        "POST /predict",
+        "POST /predict/batch",
+        "POST /reload",
+    }
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=25, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=25, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+            )
             def no_server_error(case) -> None:
                 response = case.call(base_url=api, timeout=30)
                 assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text}"

@@ -21,10 +21,17 @@ ROWS = synthetic_dataset(30, seed=5)  # the data set's 50 columns, as text
 VALID = [request_body(row) for row in ROWS.to_dict(orient="records")]
 VOCABULARY = sorted({v for spec in FIELDS.values() for v in spec.vocabulary or ()})
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 130), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-    st.sampled_from([0.0, 1.0, 3.0]), st.sampled_from(VOCABULARY), st.text(max_size=MAX_TEXT_LENGTH + 3),
-    st.sampled_from(["3", "1", "", "?", "NaN", "<30"]), st.lists(st.integers(0, 3), max_size=2),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 130),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from([0.0, 1.0, 3.0]),
+    st.sampled_from(VOCABULARY),
+    st.text(max_size=MAX_TEXT_LENGTH + 3),
+    st.sampled_from(["3", "1", "", "?", "NaN", "<30"]),
+    st.lists(st.integers(0, 3), max_size=2),
+)
 KEYS = [*FIELDS, *IGNORED_COLUMNS, "favourite_colour"]
 
 
@@ -85,7 +92,9 @@ def test_a_refused_batch_is_explained_by_the_pydantic_model_row_by_row():
     assert [e["loc"] for e in refused.value.errors] == [["body", 1, "number_inpatient"], ["body", 3, "gender"]]
 
 
-@pytest.mark.parametrize("body", [b"", b"{}", b"[]", b"[1]", b'[{"race": "Caucasian"}] trailing', b"[" + b"{}," * 5 + b"{}]"])
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b"[]", b"[1]", b'[{"race": "Caucasian"}] trailing', b"[" + b"{}," * 5 + b"{}]"]
+)
 def test_what_is_not_a_list_of_encounters_is_refused_by_name(body):
     with pytest.raises(InvalidBatch) as refused:
         encounters_from_json(body, max_rows=100)
@@ -123,14 +132,19 @@ def test_numbers_in_a_csv_are_read_as_whole_numbers_of_their_range():
     rows = ROWS.head(2).assign(time_in_hospital=["3", "3.0"], admission_type_id=["1", "2"])
     table = input_matrix(encounters_from_csv(rows.to_csv(index=False).encode(), max_rows=100))
     assert typed(table[:, [list(FIELDS).index("time_in_hospital"), list(FIELDS).index("admission_type_id")]]) == [
-        [(int, 3), (int, 1)], [(int, 3), (int, 2)]]  # fmt: skip
+        [(int, 3), (int, 1)],
+        [(int, 3), (int, 2)],
+    ]
 
 
 def test_each_refused_csv_cell_is_named_by_row_and_column_with_its_line():
     rows = ROWS.head(4).assign(gender=["Female", "Martian", "Male", "Female"], time_in_hospital=["3", "3", "", "99"])
     errors = csv_errors(rows.to_csv(index=False))
-    assert [e["loc"] for e in errors] == [["body", 1, "gender"], ["body", 2, "time_in_hospital"],
-                                          ["body", 3, "time_in_hospital"]]  # fmt: skip
+    assert [e["loc"] for e in errors] == [
+        ["body", 1, "gender"],
+        ["body", 2, "time_in_hospital"],
+        ["body", 3, "time_in_hospital"],
+    ]
     assert "'Martian' is not allowed (CSV line 3)" in errors[0]["msg"]
     assert errors[1]["msg"].startswith("required value is missing (CSV line 4)")
     assert "'99' is not allowed" in errors[2]["msg"] and "from 1 to 14" in errors[2]["msg"]
@@ -142,10 +156,15 @@ def test_a_csv_with_every_row_wrong_names_the_first_errors_and_counts_the_rest()
     assert errors[-1]["msg"] == f"... and {len(ROWS) - batch_input.MAX_ERRORS} more errors"
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("", "not a CSV"), ("race,age\n", "holds no encounters"), ("race,race\nCaucasian,Caucasian\n", "more than once"),
-    (ROWS.head(2).to_csv(index=False) + "Caucasian,Female\n", "not a CSV"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "not a CSV"),
+        ("race,age\n", "holds no encounters"),
+        ("race,race\nCaucasian,Caucasian\n", "more than once"),
+        (ROWS.head(2).to_csv(index=False) + "Caucasian,Female\n", "not a CSV"),
+    ],
+)
 def test_what_is_not_a_csv_of_encounters_is_refused_saying_why(text, problem):
     assert problem in " ".join(e["msg"] for e in csv_errors(text))
 

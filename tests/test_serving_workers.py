@@ -42,9 +42,17 @@ def deployment(tmp_path_factory) -> Deployment:
     """The API (2 workers, polling every second, no reload token) started first, then MLflow and version 1."""
     root = tmp_path_factory.mktemp("serving-workers")
     mlflow = MlflowServer(root / "mlflow")  # its port is chosen; it is not started yet
-    api, url = start_inference_api({"MLFLOW_TRACKING_URI": mlflow.url, "MODEL_POLL_SECONDS": "1", "RELOAD_TOKEN": "",
-                                    "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics")},
-                                   root, workers=WORKERS, wait_for_model=False)  # fmt: skip
+    api, url = start_inference_api(
+        {
+            "MLFLOW_TRACKING_URI": mlflow.url,
+            "MODEL_POLL_SECONDS": "1",
+            "RELOAD_TOKEN": "",
+            "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
+        },
+        root,
+        workers=WORKERS,
+        wait_for_model=False,
+    )
     before = {path: requests.get(f"{url}{path}", timeout=10).status_code for path in ("/health", "/ready")}
     mlflow.start()
     registry = Settings(_env_file=None, data_dir=root / "client", mlflow_tracking_uri=mlflow.url)
@@ -57,15 +65,22 @@ def deployment(tmp_path_factory) -> Deployment:
 
 def workers_serving(url: str, version: str) -> int:
     """How many live workers serve `version`, by the per-process model gauge."""
-    return int(metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info", version=version))
+    return int(
+        metric(requests.get(f"{url}/metrics", timeout=10).text, "readmission_model_version_info", version=version)
+    )
 
 
 def predictions_counted_by_each_worker(metrics_dir: Path) -> list[float]:
     """POST /predict 200s of each worker, read from its own sample file."""
     counts = []
     for path in sorted(metrics_dir.glob("counter_*.db")):
-        counts.append(sum(value for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))
-                          if "readmission_http_requests_total" in key and '"/predict"' in key and '"200"' in key))  # fmt: skip
+        counts.append(
+            sum(
+                value
+                for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))
+                if "readmission_http_requests_total" in key and '"/predict"' in key and '"200"' in key
+            )
+        )
     return counts
 
 
@@ -110,9 +125,14 @@ def test_metrics_add_up_the_requests_of_both_workers(deployment):
     stop, seen, failures = threading.Event(), set(), []
     threads = hammer(url, 8, stop, seen, failures)
     try:
-        wait_until(lambda: min(predictions_counted_by_each_worker(metrics_dir) or [0]) >= 20
-                   and len(predictions_counted_by_each_worker(metrics_dir)) == WORKERS,
-                   timeout=60, what="both workers to answer predictions")  # fmt: skip
+        wait_until(
+            lambda: (
+                min(predictions_counted_by_each_worker(metrics_dir) or [0]) >= 20
+                and len(predictions_counted_by_each_worker(metrics_dir)) == WORKERS
+            ),
+            timeout=60,
+            what="both workers to answer predictions",
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -135,8 +155,16 @@ def test_metrics_add_up_the_requests_of_both_workers(deployment):
             text = fresh_connection.get(f"{url}/metrics", timeout=10).text
         assert metric(text, "readmission_http_requests_total", route="/predict", status="200") == sum(per_worker)
         assert metric(text, "readmission_predictions_total") >= sum(per_worker)
-    assert len({line.split('pid="')[1].split('"')[0] for line in text.splitlines()
-                if line.startswith("readmission_model_version_info")}) == WORKERS  # fmt: skip
+    assert (
+        len(
+            {
+                line.split('pid="')[1].split('"')[0]
+                for line in text.splitlines()
+                if line.startswith("readmission_model_version_info")
+            }
+        )
+        == WORKERS
+    )
 
 
 def test_a_promoted_version_is_served_after_the_poll_without_failed_requests(deployment):

@@ -35,8 +35,14 @@ def test_the_split_of_a_patient_never_changes():
     # Pinned once: a change here would move patients between train and test across releases.
     patients = ["1000", "1001", "1007", "1013", "1024", "82442376", "55629189"]
     assert assign_split(pd.Series(patients)).tolist() == [
-        "train", "train", "validation", "test", "validation", "test", "train",
-    ]  # fmt: skip
+        "train",
+        "train",
+        "validation",
+        "test",
+        "validation",
+        "test",
+        "train",
+    ]
 
 
 def test_a_patient_number_that_is_not_a_whole_number_is_refused():

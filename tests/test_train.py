@@ -21,7 +21,9 @@ from tests.factories import labelled_encounters
 
 
 def small_boosting(trees: int = 30) -> train.Candidate:
-    return train.Candidate("small_boosting", GradientBoostingClassifier(n_estimators=trees, max_depth=2, random_state=0))
+    return train.Candidate(
+        "small_boosting", GradientBoostingClassifier(n_estimators=trees, max_depth=2, random_state=0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,10 @@ def test_the_default_candidates_are_the_reference_configuration_and_a_small_earl
     reference, *search = train.default_candidates(seed=5)
     assert isinstance(reference.classifier, GradientBoostingClassifier)
     assert {k: reference.classifier.get_params()[k] for k in ("n_estimators", "learning_rate", "max_depth")} == {
-        "n_estimators": 200, "learning_rate": 0.05, "max_depth": 3}  # fmt: skip
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "max_depth": 3,
+    }
     assert 3 <= len(search) <= 5
     for candidate in search:
         assert isinstance(candidate.classifier, HistGradientBoostingClassifier)
@@ -81,8 +86,9 @@ def test_the_default_candidates_are_the_reference_configuration_and_a_small_earl
 def test_a_candidate_fitted_on_sparse_features_makes_the_same_model(frame):
     rows = frame[frame["split"] == "train"]
     features, labels = EncounterFeatures().fit_transform(rows), rows["readmitted"].isin(["<30", ">30"]).to_numpy()
-    sparse, *_ = train._fit(train.Candidate("sparse", GradientBoostingClassifier(n_estimators=20), sparse=True),
-                           features, labels)  # fmt: skip
+    sparse, *_ = train._fit(
+        train.Candidate("sparse", GradientBoostingClassifier(n_estimators=20), sparse=True), features, labels
+    )
     dense, *_ = train._fit(train.Candidate("dense", GradientBoostingClassifier(n_estimators=20)), features, labels)
     assert list(sparse.feature_names_in_) == list(features.columns)
     assert sparse.predict_proba(features) == pytest.approx(dense.predict_proba(features))

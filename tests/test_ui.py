@@ -172,7 +172,10 @@ def test_scored_rows_keep_the_uploaded_columns_and_the_answer_replaces_columns_o
     assert list(scored["line"]) == [2, 4] and list(scored["encounter_id"]) == list(frame["encounter_id"].iloc[[0, 2]])
     assert list(scored["probability"]) == [0.1, 0.9] and list(scored["ward"]) == ["B2", "B2"]
     assert list(scored.columns[-4:]) == list(batch.PREDICTION_COLUMNS) and batch.band_counts(scored) == {
-        "low": 1, "medium": 0, "high": 1}  # fmt: skip
+        "low": 1,
+        "medium": 0,
+        "high": 1,
+    }
     assert pd.read_csv(io.BytesIO(batch.scored_csv(scored)))["risk_band"].tolist() == ["low", "high"]
 
 
@@ -226,9 +229,19 @@ def test_a_filled_form_shows_the_apis_band_probability_and_model_version(ui_sett
     app.button(key="predict").click().run()
     assert_no_traceback(app)
 
-    expected = requests.post(f"{served_model.url}/predict", timeout=10, json={
-        **forms.encounter_payload(forms.default_values()), "age": "[80-90)", "number_inpatient": 3,
-        "number_emergency": 2, "insulin": "Up", "change": "Ch", "diag_2": "V45"}).json()  # fmt: skip
+    expected = requests.post(
+        f"{served_model.url}/predict",
+        timeout=10,
+        json={
+            **forms.encounter_payload(forms.default_values()),
+            "age": "[80-90)",
+            "number_inpatient": 3,
+            "number_emergency": 2,
+            "insulin": "Up",
+            "change": "Ch",
+            "diag_2": "V45",
+        },
+    ).json()
     text = shown_text(app)
     assert expected["label"] in text and expected["label"] in RISK_LABELS.values()
     assert f"Probability of readmission: {expected['probability']:.0%}" in text
@@ -237,8 +250,17 @@ def test_a_filled_form_shows_the_apis_band_probability_and_model_version(ui_sett
     assert "What moved this patient's risk most" in text
     (dataset,) = app.get("vega_lite_chart")[0].proto.datasets
     bars = pyarrow.ipc.open_stream(dataset.data.data).read_pandas()
-    factors = expected_factors(served_model, {"age": "[80-90)", "number_inpatient": 3, "number_emergency": 2,
-                                              "insulin": "Up", "change": "Ch", "diag_2": "V45"})  # fmt: skip
+    factors = expected_factors(
+        served_model,
+        {
+            "age": "[80-90)",
+            "number_inpatient": 3,
+            "number_emergency": 2,
+            "insulin": "Up",
+            "change": "Ch",
+            "diag_2": "V45",
+        },
+    )
     assert list(bars["factor"]) == [f"{factor['label']}: {factor['value_label']}" for factor in factors]
     assert list(bars["contribution"]) == pytest.approx([factor["contribution"] for factor in factors])
     assert "Inpatient admissions in the past year: 3" in list(bars["factor"])
@@ -277,13 +299,22 @@ def test_a_batch_with_a_bad_row_lists_it_with_the_reason_and_scores_the_others(u
     assert_no_traceback(app)
 
     rejected, scored = app.dataframe[0].value, app.dataframe[1].value
-    assert rejected.to_dict("records") == [{"line": 8, "encounter_id": frame.loc[6, "encounter_id"],
-                                            "reason": "admission_type_id = 'urgent': Input should be 1, 2, 3, 4, 5, 6, 7 or 8"}]  # fmt: skip
+    assert rejected.to_dict("records") == [
+        {
+            "line": 8,
+            "encounter_id": frame.loc[6, "encounter_id"],
+            "reason": "admission_type_id = 'urgent': Input should be 1, 2, 3, 4, 5, 6, 7 or 8",
+        }
+    ]
     assert len(scored) == 39 and 8 not in set(scored["line"])
     # The API's own CSV reading of the same good rows gives the same answers the page shows.
     good = frame.drop(index=6).drop(columns="ward")
-    direct = requests.post(f"{served_model.url}/predict/batch", data=good.to_csv(index=False), timeout=30,
-                           headers={"Content-Type": "text/csv"}).json()["predictions"]  # fmt: skip
+    direct = requests.post(
+        f"{served_model.url}/predict/batch",
+        data=good.to_csv(index=False),
+        timeout=30,
+        headers={"Content-Type": "text/csv"},
+    ).json()["predictions"]
     assert list(scored["probability"].round(6)) == [round(p["probability"], 6) for p in direct]
     assert list(scored["risk_band"]) == [p["risk_band"] for p in direct]
     metrics = {m.label: int(m.value.replace(",", "")) for m in app.metric}
@@ -346,8 +377,12 @@ def monitored(served_model, tmp_path_factory) -> Settings:
     """The UI's settings on stores holding three batches (see `monitored_store`), scored by the served version."""
     from tests.factories import monitored_store
 
-    settings = Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("monitored"), api_url=served_model.url,
-                        mlflow_tracking_uri=served_model.registry.mlflow_tracking_uri)  # fmt: skip
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("monitored"),
+        api_url=served_model.url,
+        mlflow_tracking_uri=served_model.registry.mlflow_tracking_uri,
+    )
     monitored_store(settings, served_model.version)
     return settings
 
@@ -372,8 +407,12 @@ def test_the_monitoring_page_shows_each_batchs_live_score_drift_version_and_the_
 
 
 def test_the_monitoring_page_without_its_stores_says_why(api_down_settings):
-    unreachable = api_down_settings.model_copy(update={"raw_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none",
-                                                       "clean_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none"})  # fmt: skip
+    unreachable = api_down_settings.model_copy(
+        update={
+            "raw_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none",
+            "clean_db_url": "mysql+pymysql://nobody@127.0.0.1:1/none",
+        }
+    )
     app = open_page(unreachable, "monitoring")
     assert_no_traceback(app)
     assert "The platform's stores could not be read: OperationalError" in shown_text(app)
@@ -395,22 +434,29 @@ def test_with_the_api_down_every_page_says_so_and_offers_a_retry(api_down_settin
     assert "cannot be reached" in shown_text(app)
 
 
-def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loaded(served_model, make_settings,
-                                                                                     tmp_path):  # fmt: skip
+def test_while_the_api_has_no_model_the_page_says_so_and_retry_shows_it_once_loaded(
+    served_model, make_settings, tmp_path
+):
     from readmission.model.production import registry_client
 
     alias = "ui-not-yet"  # no version has it yet: the API starts without a model and keeps trying
-    server, url = start_inference_api({"MLFLOW_TRACKING_URI": served_model.registry.mlflow_tracking_uri,
-                                       "MODEL_URI": f"models:/diabetes-readmission@{alias}"},
-                                      tmp_path, wait_for_model=False)  # fmt: skip
+    server, url = start_inference_api(
+        {
+            "MLFLOW_TRACKING_URI": served_model.registry.mlflow_tracking_uri,
+            "MODEL_URI": f"models:/diabetes-readmission@{alias}",
+        },
+        tmp_path,
+        wait_for_model=False,
+    )
     try:
         app = open_page(make_settings(api_url=url), "patient")
         assert_no_traceback(app)
         assert f"The prediction service at {url} is not ready" in shown_text(app)
         assert app.button(key="predict").disabled and app.button(key="retry_api").label == "Retry"
 
-        registry_client(served_model.registry).set_registered_model_alias("diabetes-readmission", alias,
-                                                                          served_model.version)  # fmt: skip
+        registry_client(served_model.registry).set_registered_model_alias(
+            "diabetes-readmission", alias, served_model.version
+        )
         wait_until(lambda: http_ok(f"{url}/ready"), timeout=90, what="the API to load the model")
         app.button(key="retry_api").click().run()
         assert "not ready" not in shown_text(app) and not app.button(key="predict").disabled

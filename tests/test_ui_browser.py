@@ -30,19 +30,28 @@ SCREENSHOTS = REPO_ROOT / "reports" / "screenshots"
 def ui_server(served_model, tmp_path_factory):
     """The UI server, started with its image's command, talking to the real API; its URL."""
     folder = tmp_path_factory.mktemp("ui")
-    settings = Settings(_env_file=None, data_dir=folder, api_url=served_model.url,
-                        mlflow_tracking_uri=served_model.registry.mlflow_tracking_uri)  # fmt: skip
+    settings = Settings(
+        _env_file=None,
+        data_dir=folder,
+        api_url=served_model.url,
+        mlflow_tracking_uri=served_model.registry.mlflow_tracking_uri,
+    )
     monitored_store(settings, served_model.version)  # three batches for the Monitoring page
     port = free_port()
-    server = ServerProcess(run_locally(image_command(DOCKERFILE), DOCKERFILE, port),
-                           f"http://127.0.0.1:{port}/_stcore/health", folder / "streamlit.log",
-                           env=ui_environment(settings), cwd=REPO_ROOT).start()  # fmt: skip
+    server = ServerProcess(
+        run_locally(image_command(DOCKERFILE), DOCKERFILE, port),
+        f"http://127.0.0.1:{port}/_stcore/health",
+        folder / "streamlit.log",
+        env=ui_environment(settings),
+        cwd=REPO_ROOT,
+    ).start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
 
-def test_a_clinician_fills_the_form_in_a_browser_and_reads_the_band_and_model_version(ui_server, browser,
-                                                                                      served_model, tmp_path):  # fmt: skip
+def test_a_clinician_fills_the_form_in_a_browser_and_reads_the_band_and_model_version(
+    ui_server, browser, served_model, tmp_path
+):
     browser.get(ui_server)
     page = PatientForm(browser)
     page.wait.until(lambda _: PREDICT in page.text())
@@ -60,9 +69,18 @@ def test_a_clinician_fills_the_form_in_a_browser_and_reads_the_band_and_model_ve
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(tmp_path / "single-patient.png", SCREENSHOTS / "ui-single-patient.png")
 
-    expected = requests.post(f"{served_model.url}/predict", timeout=10, json={
-        **forms.encounter_payload(forms.default_values()), "age": "[80-90)", "admission_source_id": 4,
-        "number_inpatient": 3, "diag_2": "V45", "insulin": "Up"}).json()  # fmt: skip
+    expected = requests.post(
+        f"{served_model.url}/predict",
+        timeout=10,
+        json={
+            **forms.encounter_payload(forms.default_values()),
+            "age": "[80-90)",
+            "admission_source_id": 4,
+            "number_inpatient": 3,
+            "diag_2": "V45",
+            "insulin": "Up",
+        },
+    ).json()
     text = page.text()
     assert expected["label"] in text
     assert f"{expected['probability']:.0%}" in text
@@ -79,8 +97,11 @@ def test_the_monitoring_page_marks_the_batch_below_the_floor_in_a_browser(ui_ser
     text = page.text()
     assert "Live ROC-AUC below the floor 0.60 on batch(es) 3." in text
     assert "Version in service: the version that scored the batch" in text
-    page.wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "[data-testid=stVegaLiteChart] canvas, "
-                                                                     "[data-testid=stVegaLiteChart] svg"))  # fmt: skip
+    page.wait.until(
+        lambda _: browser.find_elements(
+            By.CSS_SELECTOR, "[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg"
+        )
+    )
     assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]")) == 2  # batches, promotions
     assert "Traceback" not in text
     page.screenshot(tmp_path / "monitoring.png")

@@ -108,7 +108,7 @@ def test_valid_and_quarantined_rows_partition_the_batch(batch):
 
 
 def test_numbers_given_as_numbers_are_valid(batch):
-    numeric = batch.astype({c: "int64" for c in (*encounter_columns.ID_COLUMNS, *encounter_columns.COUNT_RANGES)})
+    numeric = batch.astype(dict.fromkeys((*encounter_columns.ID_COLUMNS, *encounter_columns.COUNT_RANGES), "int64"))
     valid, quarantined = split_valid_rows(numeric)
     assert quarantined.empty and len(valid) == len(batch)
 

@@ -62,7 +62,6 @@ def _refuse_servers() -> pytest.MonkeyPatch:
     import tests.browser
     import tests.engine
     import tests.servers
-
     from readmission import processes
 
     def refuse(what: str):

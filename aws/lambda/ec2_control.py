@@ -104,8 +104,13 @@ NOTES = {
 def instance_report(instance_id: str, previous: str, current: str, action: str) -> dict[str, Any]:
     """One instance's line of the result: previous and current state, the outcome and a note."""
     result = outcome(action, previous)
-    return {"instance_id": instance_id, "previous_state": previous, "current_state": current,
-            "outcome": result, "note": NOTES[result].format(action=action, state=previous)}  # fmt: skip
+    return {
+        "instance_id": instance_id,
+        "previous_state": previous,
+        "current_state": current,
+        "outcome": result,
+        "note": NOTES[result].format(action=action, state=previous),
+    }
 
 
 def control_instances(action: str, event: Any) -> dict[str, Any]:

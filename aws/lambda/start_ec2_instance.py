@@ -3,6 +3,6 @@
 from ec2_control import control_instances
 
 
-def lambda_handler(event, context):
+def lambda_handler(event, _context):
     """Start the instances named in the event or in EC2_INSTANCE_IDS; see ec2_control.control_instances."""
     return control_instances("start", event)

@@ -27,8 +27,11 @@ RISK_LABELS = {
     "high": "High risk of readmission",
 }
 # Columns of the data set a request may carry that the model does not use (rows can be sent as they are).
-IGNORED_FIELD_TYPES: dict[str, Any] = {"encounter_id": int | str | None, "patient_nbr": int | str | None,
-                                       "readmitted": Literal[encounter_columns.TARGET_VALUES] | None}  # fmt: skip
+IGNORED_FIELD_TYPES: dict[str, Any] = {
+    "encounter_id": int | str | None,
+    "patient_nbr": int | str | None,
+    "readmitted": Literal[encounter_columns.TARGET_VALUES] | None,
+}
 IGNORED_COLUMNS = tuple(IGNORED_FIELD_TYPES)
 
 CODE_TABLES: dict[str, dict[int, str]] = {
@@ -46,10 +49,10 @@ MISSING_MEANING: dict[str, Any] = {
     "admission_source_id": 17,  # NULL
     "payer_code": encounter_columns.MISSING,
     "medical_specialty": encounter_columns.MISSING,
-    **{column: encounter_columns.MISSING for column in encounter_columns.DIAGNOSIS_COLUMNS},
+    **dict.fromkeys(encounter_columns.DIAGNOSIS_COLUMNS, encounter_columns.MISSING),
     "max_glu_serum": encounter_columns.NOT_TAKEN,
     "A1Cresult": encounter_columns.NOT_TAKEN,
-    **{medication: "No" for medication in encounter_columns.MEDICATIONS},
+    **dict.fromkeys(encounter_columns.MEDICATIONS, "No"),
     "change": "No",
     "diabetesMed": "No",
 }
@@ -89,16 +92,34 @@ DESCRIPTIONS = {
     },
 }
 EXAMPLE_ENCOUNTER: dict[str, Any] = {
-    "race": "Caucasian", "gender": "Female", "age": "[70-80)", "weight": "?",
-    "admission_type_id": 1, "discharge_disposition_id": 1, "admission_source_id": 7,
-    "time_in_hospital": 5, "payer_code": "MC", "medical_specialty": "InternalMedicine",
-    "num_lab_procedures": 45, "num_procedures": 1, "num_medications": 16,
-    "number_outpatient": 0, "number_emergency": 0, "number_inpatient": 1,
-    "diag_1": "428", "diag_2": "250.01", "diag_3": "401", "number_diagnoses": 9,
-    "max_glu_serum": "None", "A1Cresult": ">8",
-    **{medication: "No" for medication in encounter_columns.MEDICATIONS}, "metformin": "Steady", "insulin": "Up",
-    "change": "Ch", "diabetesMed": "Yes",
-}  # fmt: skip
+    "race": "Caucasian",
+    "gender": "Female",
+    "age": "[70-80)",
+    "weight": "?",
+    "admission_type_id": 1,
+    "discharge_disposition_id": 1,
+    "admission_source_id": 7,
+    "time_in_hospital": 5,
+    "payer_code": "MC",
+    "medical_specialty": "InternalMedicine",
+    "num_lab_procedures": 45,
+    "num_procedures": 1,
+    "num_medications": 16,
+    "number_outpatient": 0,
+    "number_emergency": 0,
+    "number_inpatient": 1,
+    "diag_1": "428",
+    "diag_2": "250.01",
+    "diag_3": "401",
+    "number_diagnoses": 9,
+    "max_glu_serum": "None",
+    "A1Cresult": ">8",
+    **dict.fromkeys(encounter_columns.MEDICATIONS, "No"),
+    "metformin": "Steady",
+    "insulin": "Up",
+    "change": "Ch",
+    "diabetesMed": "Yes",
+}
 
 
 @dataclass(frozen=True)
@@ -203,11 +224,15 @@ def encounter_row(encounter: BaseModel) -> list[Any]:
 class RowPrediction(BaseModel):
     """The model's answer for one encounter."""
 
-    prediction: Literal[0, 1] = Field(description="1: a readmission is expected (probability at or above the "
-                                      "model's decision threshold), 0: not.", examples=[1])  # fmt: skip
+    prediction: Literal[0, 1] = Field(
+        description="1: a readmission is expected (probability at or above the model's decision threshold), 0: not.",
+        examples=[1],
+    )
     probability: float = Field(ge=0, le=1, description="Predicted probability of a readmission.", examples=[0.64])
-    risk_band: Literal[RISK_BANDS] = Field(description="low / medium / high, by the RISK_MEDIUM_THRESHOLD and "
-                                           "RISK_HIGH_THRESHOLD settings.", examples=["high"])  # fmt: skip
+    risk_band: Literal[RISK_BANDS] = Field(
+        description="low / medium / high, by the RISK_MEDIUM_THRESHOLD and RISK_HIGH_THRESHOLD settings.",
+        examples=["high"],
+    )
     label: str = Field(description="The risk band in plain words.", examples=[RISK_LABELS["high"]])
 
 
@@ -215,23 +240,31 @@ class Factor(BaseModel):
     """One request field that moved this patient's risk, and by how much (see `readmission.explain`)."""
 
     field: str = Field(description="The request field.", examples=["number_inpatient"])
-    label: str = Field(description="The field in clinical words, as the UI labels it.",
-                       examples=["Inpatient admissions in the past year"])  # fmt: skip
+    label: str = Field(
+        description="The field in clinical words, as the UI labels it.",
+        examples=["Inpatient admissions in the past year"],
+    )
     value: Any = Field(description="The patient's value of the field, as sent (null: not recorded).", examples=[4])
     value_label: str = Field(description="The value in clinical words.", examples=["4"])
-    contribution: float = Field(description="Signed contribution to the log-odds of a readmission: the base "
-                                "value plus every field's contribution is the model's log-odds.", examples=[0.42])  # fmt: skip
+    contribution: float = Field(
+        description="Signed contribution to the log-odds of a readmission: the base "
+        "value plus every field's contribution is the model's log-odds.",
+        examples=[0.42],
+    )
     direction: Literal["raises", "lowers"] = Field(description="Whether the field raises or lowers the risk.")
 
 
 class Explained(BaseModel):
     """The explanation fields of an answer: present when the request asked for `explain=true`."""
 
-    factors: list[Factor] | None = Field(None, description=f"With explain=true: the at most {MAX_FACTORS} fields "
-                                         "that moved the risk most, largest first.")  # fmt: skip
+    factors: list[Factor] | None = Field(
+        None,
+        description=f"With explain=true: the at most {MAX_FACTORS} fields that moved the risk most, largest first.",
+    )
     factors_scale: Literal["log-odds"] | None = Field(None, description="The scale of the contributions.")
-    base_log_odds: float | None = Field(None, description="The model's log-odds before any field is considered "
-                                        "(the average over its training data).")  # fmt: skip
+    base_log_odds: float | None = Field(
+        None, description="The model's log-odds before any field is considered (the average over its training data)."
+    )
 
 
 class ExplainedRowPrediction(Explained, RowPrediction):
@@ -242,8 +275,9 @@ class Prediction(Explained, RowPrediction):
     """The model's answer for one encounter, and the model that gave it."""
 
     model_name: str = Field(description="Registered model name.", examples=["diabetes-readmission"])
-    model_version: str | None = Field(description="Registered version; null for a model loaded from a path.",
-                                      examples=["3"])  # fmt: skip
+    model_version: str | None = Field(
+        description="Registered version; null for a model loaded from a path.", examples=["3"]
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -325,5 +359,9 @@ class ValidationErrors(BaseModel):
 
 def input_fields() -> list[InputField]:
     """The documented input fields, for the model card."""
-    return [InputField(name=s.column, required=s.required, allowed=s.allowed_text(),
-                       default=None if s.required else s.default) for s in FIELDS.values()]  # fmt: skip
+    return [
+        InputField(
+            name=s.column, required=s.required, allowed=s.allowed_text(), default=None if s.required else s.default
+        )
+        for s in FIELDS.values()
+    ]

@@ -302,20 +302,20 @@ async def prometheus_metrics(settings: SettingsDep) -> Response:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": bounded(errors)}, status_code=422)
 
     @app.exception_handler(InvalidBatch)
-    async def invalid_batch(request: Request, exc: InvalidBatch) -> JSONResponse:
+    async def invalid_batch(_request: Request, exc: InvalidBatch) -> JSONResponse:
         return JSONResponse({"detail": exc.errors}, status_code=422)
 
     @app.exception_handler(BatchTooLarge)
-    async def batch_too_large(request: Request, exc: BatchTooLarge) -> JSONResponse:
+    async def batch_too_large(_request: Request, exc: BatchTooLarge) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=413)
 
     @app.exception_handler(NoModel)
-    async def no_model(request: Request, exc: NoModel) -> JSONResponse:
+    async def no_model(_request: Request, exc: NoModel) -> JSONResponse:
         return JSONResponse({"detail": f"no model loaded yet: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
 

@@ -65,8 +65,10 @@ def bounded(errors: list[dict[str, Any]], total: int | None = None) -> list[dict
 def validation_errors(error: ValidationError, prefix: tuple[str | int, ...] = ("body",)) -> list[dict[str, Any]]:
     """pydantic's errors as API errors: where, what, which kind; never the input echoed back."""
     entries = error.errors(include_url=False, include_input=False, include_context=False)
-    return bounded([{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in entries[:MAX_ERRORS]],
-                   error.error_count())  # fmt: skip
+    return bounded(
+        [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in entries[:MAX_ERRORS]],
+        error.error_count(),
+    )
 
 
 # --- JSON -------------------------------------------------------------------------------
@@ -94,11 +96,21 @@ def _field(position: int) -> str:
 
 def _msgspec_struct() -> type[msgspec.Struct]:
     """The `Encounter` model as a msgspec struct: input fields `input_<i>` named as the columns in JSON."""
-    inputs = [(_field(i), _msgspec_type(spec)) if spec.required else (_field(i), _msgspec_type(spec), spec.default)
-              for i, spec in enumerate(FIELDS.values())]  # fmt: skip
-    ignored: list[tuple[str, Any] | tuple[str, Any, Any]] = [(column, kind, None) for column, kind in IGNORED_FIELD_TYPES.items()]
-    return msgspec.defstruct("FastEncounter", inputs + ignored, kw_only=True, forbid_unknown_fields=True, gc=False,
-                             rename={_field(i): column for i, column in enumerate(FIELDS)})  # fmt: skip
+    inputs = [
+        (_field(i), _msgspec_type(spec)) if spec.required else (_field(i), _msgspec_type(spec), spec.default)
+        for i, spec in enumerate(FIELDS.values())
+    ]
+    ignored: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (column, kind, None) for column, kind in IGNORED_FIELD_TYPES.items()
+    ]
+    return msgspec.defstruct(
+        "FastEncounter",
+        inputs + ignored,
+        kw_only=True,
+        forbid_unknown_fields=True,
+        gc=False,
+        rename={_field(i): column for i, column in enumerate(FIELDS)},
+    )
 
 
 FAST_DECODER: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(list[_msgspec_struct()])  # type: ignore[misc]
@@ -124,8 +136,10 @@ def _explained(body: bytes, max_rows: int) -> np.ndarray:
     except ValidationError as error:
         too_long = [e for e in error.errors(include_url=False) if e["type"] == "too_long" and e["loc"] == ()]
         if too_long:
-            raise BatchTooLarge(f"{too_long[0]['ctx']['actual_length']} encounters in one request; the limit is "
-                                f"{max_rows} (MAX_BATCH_ROWS): split the batch.") from None  # fmt: skip
+            raise BatchTooLarge(
+                f"{too_long[0]['ctx']['actual_length']} encounters in one request; the limit is "
+                f"{max_rows} (MAX_BATCH_ROWS): split the batch."
+            ) from None
         raise InvalidBatch(validation_errors(error)) from None
     return np.array([encounter_row(e) for e in encounters], dtype=object)
 
@@ -143,8 +157,9 @@ def _error(row: int | None, column: str, message: str, kind: str) -> dict[str, A
 _CSV_TEXT = pa.dictionary(pa.int32(), pa.string())
 _CSV_READ = pa_csv.ReadOptions(use_threads=False, block_size=1 << 26)  # one block: a batch is at most a few MB
 _QUOTED_ROW = re.compile(r"(Expected \d+ columns, got \d+): .*", re.DOTALL)
-_CSV_CONVERT = pa_csv.ConvertOptions(column_types={c: _CSV_TEXT for c in (*FIELDS, *IGNORED_COLUMNS)},
-                                     null_values=[""], strings_can_be_null=True)  # fmt: skip
+_CSV_CONVERT = pa_csv.ConvertOptions(
+    column_types=dict.fromkeys((*FIELDS, *IGNORED_COLUMNS), _CSV_TEXT), null_values=[""], strings_can_be_null=True
+)
 
 
 def _read_csv(body: bytes) -> pa.Table:
@@ -153,8 +168,9 @@ def _read_csv(body: bytes) -> pa.Table:
         return pa_csv.read_csv(pa.py_buffer(body), read_options=_CSV_READ, convert_options=_CSV_CONVERT)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         reason = _QUOTED_ROW.sub(r"\1", str(exc))  # Arrow quotes the row: patient data must not come back in errors
-        raise InvalidBatch([{"loc": ["body"], "msg": f"not a CSV in the data set's format: {reason}",
-                             "type": "csv_invalid"}]) from None  # fmt: skip
+        raise InvalidBatch(
+            [{"loc": ["body"], "msg": f"not a CSV in the data set's format: {reason}", "type": "csv_invalid"}]
+        ) from None
 
 
 def _column_cells(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,13 +200,14 @@ def _accepted(spec: FieldSpec, distinct: np.ndarray, numbers: np.ndarray) -> tup
 def _cell_errors(refused: np.ndarray, texts: np.ndarray) -> list[dict[str, Any]]:
     """An error for each refused cell (`refused`: columns x rows; `texts`: each cell's text, None when empty)."""
     errors: list[dict[str, Any]] = []
-    for column_at, row in zip(*np.nonzero(refused)):  # column after column
+    for column_at, row in zip(*np.nonzero(refused), strict=False):  # column after column
         if len(errors) == MAX_ERRORS:
             break
         column, spec, text = list(FIELDS)[column_at], list(FIELDS.values())[column_at], texts[column_at, row]
         problem = "required value is missing" if text is None else f"{text!r} is not allowed"
-        errors.append(_error(int(row), column, f"{problem} (CSV line {row + 2}): expected {spec.allowed_text()}",
-                             "value_error"))  # fmt: skip
+        errors.append(
+            _error(int(row), column, f"{problem} (CSV line {row + 2}): expected {spec.allowed_text()}", "value_error")
+        )
     return bounded(errors, int(refused.sum()))
 
 
@@ -203,8 +220,9 @@ def encounters_from_csv(body: bytes, max_rows: int) -> CodedEncounters:
     """
     table = _read_csv(body)
     if table.num_rows > max_rows:
-        raise BatchTooLarge(f"{table.num_rows} encounters in one request; the limit is {max_rows} (MAX_BATCH_ROWS): "
-                            "split the batch.")  # fmt: skip
+        raise BatchTooLarge(
+            f"{table.num_rows} encounters in one request; the limit is {max_rows} (MAX_BATCH_ROWS): split the batch."
+        )
     if table.num_rows == 0:
         raise InvalidBatch([{"loc": ["body"], "msg": "the CSV holds no encounters", "type": "too_short"}])
     names = table.column_names
@@ -218,17 +236,26 @@ def encounters_from_csv(body: bytes, max_rows: int) -> CodedEncounters:
         raise InvalidBatch(bounded(errors))
 
     absent = (np.full(table.num_rows, -1), np.array([], dtype=object))
-    cells, texts = zip(*(_column_cells(table.column(c)) if c in names else absent for c in FIELDS))
+    cells, texts = zip(*(_column_cells(table.column(c)) if c in names else absent for c in FIELDS), strict=False)
     # Each column's distinct texts, then its default (where its empty cells point), all in one list.
     sizes = np.array([len(t) + 1 for t in texts])
     offsets = np.cumsum(sizes) - sizes
-    numbers = np.split(pd.to_numeric(np.concatenate(texts), errors="coerce").astype(float),  # one call for all
-                       np.cumsum(sizes - 1)[:-1])  # fmt: skip
+    numbers = np.split(
+        pd.to_numeric(np.concatenate(texts), errors="coerce").astype(float),  # one call for all
+        np.cumsum(sizes - 1)[:-1],
+    )
     specs = FIELDS.values()
-    verdicts = [_accepted(spec, t, n) for spec, t, n in zip(specs, texts, numbers)]
-    valid = np.concatenate([part for (ok, _), spec in zip(verdicts, specs) for part in (ok, [not spec.required])])
-    values = np.concatenate([part for (_, accepted), spec in zip(verdicts, specs)
-                             for part in (accepted, np.array([spec.default], dtype=object))])  # fmt: skip
+    verdicts = [_accepted(spec, t, n) for spec, t, n in zip(specs, texts, numbers, strict=True)]
+    valid = np.concatenate(
+        [part for (ok, _), spec in zip(verdicts, specs, strict=True) for part in (ok, [not spec.required])]
+    )
+    values = np.concatenate(
+        [
+            part
+            for (_, accepted), spec in zip(verdicts, specs, strict=True)
+            for part in (accepted, np.array([spec.default], dtype=object))
+        ]
+    )
     cells = np.stack(cells)
     codes = np.where(cells < 0, sizes[:, None] - 1, cells) + offsets[:, None]
     refused = ~valid[codes]

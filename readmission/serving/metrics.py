@@ -29,15 +29,46 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # Fine enough for p50 and p99 anywhere between 1 ms and 5 s (each bucket at most ~1.6x the previous).
-LATENCY_BUCKETS = (0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
-                   0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    5.0,
+)
 PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 BATCH_ROW_BUCKETS = (1, 10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 REQUESTS = Counter("readmission_http_requests", "HTTP requests answered.", ["route", "method", "status"])
-LATENCY = Histogram("readmission_http_request_duration_seconds", "Time to answer an HTTP request.",
-                    ["route", "method"], buckets=LATENCY_BUCKETS)  # fmt: skip
+LATENCY = Histogram(
+    "readmission_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 KEY_REQUESTS = Counter(
     "readmission_api_key_requests",
     "Requests that presented a known API key, by key name (never the key), route and status.",
@@ -45,21 +76,34 @@ KEY_REQUESTS = Counter(
 )
 IN_FLIGHT = Gauge("readmission_http_requests_in_flight", "HTTP requests being answered.", multiprocess_mode="livesum")
 PREDICTIONS = Counter("readmission_predictions", "Encounters scored, by predicted class.", ["prediction"])
-PROBABILITY = Histogram("readmission_prediction_probability", "Predicted probability of a readmission.",
-                        buckets=PROBABILITY_BUCKETS)  # fmt: skip
+PROBABILITY = Histogram(
+    "readmission_prediction_probability", "Predicted probability of a readmission.", buckets=PROBABILITY_BUCKETS
+)
 BATCH_ROWS = Histogram("readmission_batch_rows", "Encounters per /predict/batch request.", buckets=BATCH_ROW_BUCKETS)
-MODEL_VERSION = Gauge("readmission_model_version_info", "1 for the model version a worker serves, 0 for one it served.",
-                      ["model", "version"], multiprocess_mode="liveall")  # fmt: skip
-MODEL_LOAD_SECONDS = Histogram("readmission_model_load_seconds", "Time to download and deserialize a model.",
-                               buckets=LOAD_BUCKETS)  # fmt: skip
-MODEL_RELOADS = Counter("readmission_model_reloads", "Model load attempts: success, unchanged (same version) or "
-                        "failure (the old model kept serving), by trigger.", ["outcome", "trigger"])  # fmt: skip
+MODEL_VERSION = Gauge(
+    "readmission_model_version_info",
+    "1 for the model version a worker serves, 0 for one it served.",
+    ["model", "version"],
+    multiprocess_mode="liveall",
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "readmission_model_load_seconds", "Time to download and deserialize a model.", buckets=LOAD_BUCKETS
+)
+MODEL_RELOADS = Counter(
+    "readmission_model_reloads",
+    "Model load attempts: success, unchanged (same version) or failure (the old model kept serving), by trigger.",
+    ["outcome", "trigger"],
+)
 # Each worker measures drift over the requests it scored; the highest over live workers is exported
 # (workers see random shares of the same traffic, so the max is the cautious reading, and a dead
 # worker's last value does not linger).
-DRIFT_PSI = Gauge("readmission_feature_drift_psi", "PSI of the last DRIFT_WINDOW encounters a worker scored against "
-                  "the served model's training data, by feature (highest over live workers).", ["feature"],
-                  multiprocess_mode="livemax")  # fmt: skip
+DRIFT_PSI = Gauge(
+    "readmission_feature_drift_psi",
+    "PSI of the last DRIFT_WINDOW encounters a worker scored against "
+    "the served model's training data, by feature (highest over live workers).",
+    ["feature"],
+    multiprocess_mode="livemax",
+)
 
 
 def model_swapped(previous, current, load_seconds: float) -> None:
@@ -76,7 +120,7 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
         return
     bounds = np.asarray(histogram._upper_bounds)  # prometheus-client has no bulk observe; these are stable internals
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts):
+    for bucket, count in zip(histogram._buckets, counts, strict=False):
         if count:
             bucket.inc(int(count))
     histogram._sum.inc(float(np.sum(values)))

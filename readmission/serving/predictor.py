@@ -47,8 +47,15 @@ def answers(probabilities: Sequence[float], model: ServedModel, settings: Settin
     """`RowPrediction`s as dicts of Python numbers (FastAPI cannot serialize numpy ones)."""
     bands = (settings.risk_medium_threshold, settings.risk_high_threshold)  # a band starts at its threshold
     threshold = model.decision_threshold
-    return [{"prediction": int(p >= threshold), "probability": p, "risk_band": (band := RISK_BANDS[bisect_right(bands, p)]),
-             "label": RISK_LABELS[band]} for p in probabilities]  # fmt: skip
+    return [
+        {
+            "prediction": int(p >= threshold),
+            "probability": p,
+            "risk_band": (band := RISK_BANDS[bisect_right(bands, p)]),
+            "label": RISK_LABELS[band],
+        }
+        for p in probabilities
+    ]
 
 
 def answer(probability: float, model: ServedModel, settings: Settings) -> dict[str, Any]:
@@ -91,6 +98,6 @@ class MicroBatcher:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
-        for waiter, probability in zip(waiters, probabilities.tolist()):
+        for waiter, probability in zip(waiters, probabilities.tolist(), strict=True):
             if not waiter.done():  # the client may have gone away
                 waiter.set_result((model, probability))

@@ -23,7 +23,7 @@ from readmission.config import Settings, get_settings, settings_environment
 from readmission.serving.auth import ApiKeysError, accepted_keys
 
 # One native thread per worker process (read when the workers import numpy and scikit-learn).
-SINGLE_THREAD_ENVIRONMENT = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+SINGLE_THREAD_ENVIRONMENT = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
 # The model store retries on its own schedule; MLflow's client-side back-off (minutes when the
 # server is down) would only hold `/reload` and the poll hostage.
 MLFLOW_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -51,7 +51,7 @@ def wipe(folder: Path) -> None:
         samples.unlink()
 
 
-def _mark_worker_dead(server, worker) -> None:
+def _mark_worker_dead(_server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # its per-process gauges no longer count

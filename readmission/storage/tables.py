@@ -93,7 +93,13 @@ def _clean_column(name: str) -> sa.Column:
         return sa.Column(name, sa.BigInteger, primary_key=True, autoincrement=False)
     if name not in INTEGER_COLUMNS:
         return sa.Column(name, _LONG_TEXT)  # NULL: missing
-    kind = sa.SmallInteger if name in _COUNT_COLUMNS else sa.BigInteger if name in encounter_columns.ID_COLUMNS else sa.Integer
+    kind = (
+        sa.SmallInteger
+        if name in _COUNT_COLUMNS
+        else sa.BigInteger
+        if name in encounter_columns.ID_COLUMNS
+        else sa.Integer
+    )
     return sa.Column(name, kind, nullable=False)
 
 

@@ -296,7 +296,9 @@ def _owners(conn: Connection, ids: pd.Series) -> dict[int, int]:
 
 def batch_checksum(rows: pd.DataFrame) -> str:
     """SHA-256 of a batch's content: the header and every row of the source columns, missing cells as \\N."""
-    cells = [pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in encounter_columns.COLUMNS]
+    cells = [
+        pc.fill_null(pa.array(rows[c].astype("string"), type=pa.string()), "\\N") for c in encounter_columns.COLUMNS
+    ]
     lines = pc.binary_join_element_wise(*cells, "\x1f").to_pylist() if len(rows) else []
     return hashlib.sha256("\x1e".join(["\x1f".join(encounter_columns.COLUMNS), *lines]).encode()).hexdigest()
 
@@ -307,7 +309,9 @@ def _quarantine_rows(rows: pd.DataFrame, reasons: pd.Series, stage: str) -> pd.D
         return pd.DataFrame(columns=["stage", "encounter_id", "reason", "raw_row"])
     source = rows[list(encounter_columns.COLUMNS)].astype("string").astype(object)
     source = source.where(source.notna(), None)
-    as_json = [json.dumps(dict(zip(encounter_columns.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)]
+    as_json = [
+        json.dumps(dict(zip(encounter_columns.COLUMNS, row, strict=True))) for row in source.itertuples(index=False)
+    ]
     return pd.DataFrame(
         {
             "stage": stage,

@@ -20,8 +20,17 @@ APP_SCRIPT = Path("streamlit") / "app.py"  # relative to the project root, as in
 
 def ui_command(port: int, address: str, executable: str = "streamlit") -> list[str]:
     """The command that serves the UI (the image's CMD with port 8501 and address 0.0.0.0)."""
-    return [executable, "run", str(APP_SCRIPT), "--server.port", str(port), "--server.address", address,
-            "--server.headless", "true"]  # fmt: skip
+    return [
+        executable,
+        "run",
+        str(APP_SCRIPT),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+    ]
 
 
 def ui_environment(settings: Settings) -> dict[str, str]:

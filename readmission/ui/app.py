@@ -39,6 +39,9 @@ def main(settings: Settings | None = None, start_page: str = "patient") -> None:
         current.run()
     except Exception:  # the last guard: Streamlit's own rerun/stop signals are BaseExceptions and pass through
         log.exception("the %s page failed", current.title)
-        st.error("Something went wrong while drawing this page. Please retry; if it happens again, "
-                 "tell the platform team (the details are in the UI's log).", icon=":material/error:")  # fmt: skip
+        st.error(
+            "Something went wrong while drawing this page. Please retry; if it happens again, "
+            "tell the platform team (the details are in the UI's log).",
+            icon=":material/error:",
+        )
         st.button("Retry", icon=":material/refresh:", key="retry_page")

@@ -68,7 +68,7 @@ def request_bodies(frame: pd.DataFrame) -> list[dict]:
     """Each row as a request body: the model's columns only (extra ones are ignored), blanks left out."""
     columns = [c for c in frame.columns if c in FIELDS]
     values = [_json_column(c, frame[c]) for c in columns]
-    return [{c: v for c, v in zip(columns, row) if v is not None} for row in zip(*values)]
+    return [{c: v for c, v in zip(columns, row, strict=False) if v is not None} for row in zip(*values, strict=False)]
 
 
 def _reasons(error: ValidationError, frame: pd.DataFrame) -> dict[int, str]:
@@ -87,8 +87,10 @@ def _reasons(error: ValidationError, frame: pd.DataFrame) -> dict[int, str]:
 def prepare_batch(frame: pd.DataFrame, max_rows: int) -> PreparedBatch:
     """Check every row with the request model; file-level problems raise `BatchFileError`."""
     if len(frame) > max_rows:
-        raise BatchFileError(f"The file has {len(frame):,} rows; the prediction service scores at most "
-                             f"{max_rows:,} per request. Split the file and upload the parts.")  # fmt: skip
+        raise BatchFileError(
+            f"The file has {len(frame):,} rows; the prediction service scores at most "
+            f"{max_rows:,} per request. Split the file and upload the parts."
+        )
     missing = [c for c, spec in FIELDS.items() if spec.required and c not in frame.columns]
     if missing:
         raise BatchFileError(f"The file lacks required columns: {', '.join(missing)}. Is it in the data set's format?")

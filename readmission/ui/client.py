@@ -59,8 +59,9 @@ def _detail_text(detail: Any) -> str:
 class InferenceClient:
     """The inference API at `base_url` (the `API_URL` setting)."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0, session: requests.Session | None = None,
-                 api_key: str = ""):  # fmt: skip
+    def __init__(
+        self, base_url: str, timeout: float = 30.0, session: requests.Session | None = None, api_key: str = ""
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -72,8 +73,9 @@ class InferenceClient:
         try:
             response = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout, **kwargs)
         except requests.Timeout:
-            raise ApiUnavailable(f"The prediction service at {self.base_url} did not answer within "
-                                 f"{self.timeout:g} s.") from None  # fmt: skip
+            raise ApiUnavailable(
+                f"The prediction service at {self.base_url} did not answer within {self.timeout:g} s."
+            ) from None
         except requests.RequestException:
             raise ApiUnavailable(f"The prediction service at {self.base_url} cannot be reached.") from None
         latency_ms = (time.perf_counter() - started) * 1000
@@ -90,8 +92,11 @@ class InferenceClient:
             raise ApiNotReady(f"The prediction service at {self.base_url} is not ready: {_detail_text(detail)}.")
         if response.status_code >= 500:
             raise ApiUnavailable(f"The prediction service failed (HTTP {response.status_code}). Please try again.")
-        raise ApiRejected(f"The prediction service refused the request (HTTP {response.status_code}): "
-                          f"{_detail_text(detail)}", response.status_code, detail)  # fmt: skip
+        raise ApiRejected(
+            f"The prediction service refused the request (HTTP {response.status_code}): {_detail_text(detail)}",
+            response.status_code,
+            detail,
+        )
 
     @staticmethod
     def _json(response: requests.Response) -> Any:
@@ -100,8 +105,9 @@ class InferenceClient:
             return response.json()
         except ValueError:
             if response.ok:
-                raise ApiUnavailable(f"The prediction service answered something that is not JSON "
-                                     f"(HTTP {response.status_code}).") from None  # fmt: skip
+                raise ApiUnavailable(
+                    f"The prediction service answered something that is not JSON (HTTP {response.status_code})."
+                ) from None
             return {"detail": response.text.strip()[:500] or response.reason}
 
     def ready(self) -> dict:

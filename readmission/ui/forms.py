@@ -89,68 +89,151 @@ def _age_label(bracket: str) -> str:
     return f"{low}–{int(high) - 1} years"
 
 
-MEDICATION_LABELS = _labelled(encounter_columns.MEDICATION_STATUSES, {
-    "No": "Not prescribed", "Steady": "Steady dose", "Up": "Dose increased", "Down": "Dose decreased",
-})  # fmt: skip
+MEDICATION_LABELS = _labelled(
+    encounter_columns.MEDICATION_STATUSES,
+    {
+        "No": "Not prescribed",
+        "Steady": "Steady dose",
+        "Up": "Dose increased",
+        "Down": "Dose decreased",
+    },
+)
 GROUP_LABELS = {
-    "circulatory": "Circulatory system", "respiratory": "Respiratory system", "digestive": "Digestive system",
-    "diabetes": "Diabetes", "injury": "Injury and poisoning", "musculoskeletal": "Musculoskeletal system",
-    "genitourinary": "Genitourinary system", "neoplasms": "Neoplasms", "other": "Other conditions",
-    "v_code": "Supplementary factors (V code)", "e_code": "External cause of injury (E code)",
+    "circulatory": "Circulatory system",
+    "respiratory": "Respiratory system",
+    "digestive": "Digestive system",
+    "diabetes": "Diabetes",
+    "injury": "Injury and poisoning",
+    "musculoskeletal": "Musculoskeletal system",
+    "genitourinary": "Genitourinary system",
+    "neoplasms": "Neoplasms",
+    "other": "Other conditions",
+    "v_code": "Supplementary factors (V code)",
+    "e_code": "External cause of injury (E code)",
     "missing": NOT_RECORDED,
-}  # fmt: skip
+}
 # Numeric codes 001-999 with up to two decimals, V codes and E codes.
 ICD9_PATTERN = re.compile(r"^(\d{1,3}(\.\d{1,2})?|V\d{2}(\.\d{1,2})?|E\d{3}(\.\d)?)$", re.IGNORECASE)
 
 SECTIONS: tuple[Section, ...] = (
-    Section("Demographics", (
-        Choice("race", "Race", _labelled((*encounter_columns.RACES, encounter_columns.MISSING),
-                                         {"AfricanAmerican": "African American", encounter_columns.MISSING: NOT_RECORDED}),
-               "Caucasian"),
-        Choice("gender", "Gender", _labelled(encounter_columns.GENDERS, {"Unknown/Invalid": "Unknown"}), "Female"),
-        Choice("age", "Age", {bracket: _age_label(bracket) for bracket in encounter_columns.AGE_BRACKETS}, "[70-80)"),
-    )),
-    Section("Admission", (
-        Choice("admission_type_id", "Admission type", encounter_columns.ADMISSION_TYPES, 1),
-        Choice("admission_source_id", "Admitted from", encounter_columns.ADMISSION_SOURCES, 7),
-        Choice("discharge_disposition_id", "Discharge disposition", encounter_columns.DISCHARGE_DISPOSITIONS, 1),
-        Count("time_in_hospital", "Days in hospital", 4, "From admission to discharge."),
-        Choice("medical_specialty", "Admitting physician's specialty",
-               _labelled((encounter_columns.MISSING, *encounter_columns.MEDICAL_SPECIALTIES), {encounter_columns.MISSING: NOT_RECORDED}),
-               encounter_columns.MISSING),
-    )),
-    Section("History", (
-        Count("number_outpatient", "Outpatient visits", 0),
-        Count("number_emergency", "Emergency visits", 0),
-        Count("number_inpatient", "Inpatient admissions", 0),
-    ), caption="Visits in the year before this admission."),
-    Section("This stay", (
-        Count("num_lab_procedures", "Lab tests", 40),
-        Count("num_procedures", "Procedures (other than lab tests)", 1),
-        Count("num_medications", "Distinct medications given", 15),
-        Count("number_diagnoses", "Diagnoses entered", 7),
-    ), columns=4),
-    Section("Diagnoses", (
-        DiagnosisCode("diag_1", "Primary diagnosis", "428"),
-        DiagnosisCode("diag_2", "Secondary diagnosis", "250.01"),
-        DiagnosisCode("diag_3", "Additional diagnosis", "401"),
-    ), caption="ICD-9 codes; the group each code falls into is shown below it."),
-    Section("Lab results", (
-        Choice("A1Cresult", "HbA1c", _labelled(encounter_columns.A1C_VALUES, {
-            encounter_columns.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">7": "Above 7%", ">8": "Above 8%"}), encounter_columns.NOT_TAKEN),
-        Choice("max_glu_serum", "Maximum glucose serum", _labelled(encounter_columns.MAX_GLU_SERUM_VALUES, {
-            encounter_columns.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">200": "Above 200 mg/dL", ">300": "Above 300 mg/dL"}),
-               encounter_columns.NOT_TAKEN),
-    ), columns=2),
-    Section("Diabetes medications", tuple(
-        Choice(medication, medication.capitalize(), MEDICATION_LABELS, "No") for medication in encounter_columns.MEDICATIONS
-    ), columns=4, collapsed=True),
-    Section("Treatment", (
-        Choice("change", "Change of diabetes medication", _labelled(encounter_columns.CHANGE_VALUES, {
-            "No": "No change", "Ch": "Changed"}), "No"),
-        Choice("diabetesMed", "Diabetes medication prescribed", _labelled(encounter_columns.DIABETES_MED_VALUES), "Yes"),
-    ), columns=2),
-)  # fmt: skip
+    Section(
+        "Demographics",
+        (
+            Choice(
+                "race",
+                "Race",
+                _labelled(
+                    (*encounter_columns.RACES, encounter_columns.MISSING),
+                    {"AfricanAmerican": "African American", encounter_columns.MISSING: NOT_RECORDED},
+                ),
+                "Caucasian",
+            ),
+            Choice("gender", "Gender", _labelled(encounter_columns.GENDERS, {"Unknown/Invalid": "Unknown"}), "Female"),
+            Choice(
+                "age", "Age", {bracket: _age_label(bracket) for bracket in encounter_columns.AGE_BRACKETS}, "[70-80)"
+            ),
+        ),
+    ),
+    Section(
+        "Admission",
+        (
+            Choice("admission_type_id", "Admission type", encounter_columns.ADMISSION_TYPES, 1),
+            Choice("admission_source_id", "Admitted from", encounter_columns.ADMISSION_SOURCES, 7),
+            Choice("discharge_disposition_id", "Discharge disposition", encounter_columns.DISCHARGE_DISPOSITIONS, 1),
+            Count("time_in_hospital", "Days in hospital", 4, "From admission to discharge."),
+            Choice(
+                "medical_specialty",
+                "Admitting physician's specialty",
+                _labelled(
+                    (encounter_columns.MISSING, *encounter_columns.MEDICAL_SPECIALTIES),
+                    {encounter_columns.MISSING: NOT_RECORDED},
+                ),
+                encounter_columns.MISSING,
+            ),
+        ),
+    ),
+    Section(
+        "History",
+        (
+            Count("number_outpatient", "Outpatient visits", 0),
+            Count("number_emergency", "Emergency visits", 0),
+            Count("number_inpatient", "Inpatient admissions", 0),
+        ),
+        caption="Visits in the year before this admission.",
+    ),
+    Section(
+        "This stay",
+        (
+            Count("num_lab_procedures", "Lab tests", 40),
+            Count("num_procedures", "Procedures (other than lab tests)", 1),
+            Count("num_medications", "Distinct medications given", 15),
+            Count("number_diagnoses", "Diagnoses entered", 7),
+        ),
+        columns=4,
+    ),
+    Section(
+        "Diagnoses",
+        (
+            DiagnosisCode("diag_1", "Primary diagnosis", "428"),
+            DiagnosisCode("diag_2", "Secondary diagnosis", "250.01"),
+            DiagnosisCode("diag_3", "Additional diagnosis", "401"),
+        ),
+        caption="ICD-9 codes; the group each code falls into is shown below it.",
+    ),
+    Section(
+        "Lab results",
+        (
+            Choice(
+                "A1Cresult",
+                "HbA1c",
+                _labelled(
+                    encounter_columns.A1C_VALUES,
+                    {encounter_columns.NOT_TAKEN: NOT_MEASURED, "Norm": "Normal", ">7": "Above 7%", ">8": "Above 8%"},
+                ),
+                encounter_columns.NOT_TAKEN,
+            ),
+            Choice(
+                "max_glu_serum",
+                "Maximum glucose serum",
+                _labelled(
+                    encounter_columns.MAX_GLU_SERUM_VALUES,
+                    {
+                        encounter_columns.NOT_TAKEN: NOT_MEASURED,
+                        "Norm": "Normal",
+                        ">200": "Above 200 mg/dL",
+                        ">300": "Above 300 mg/dL",
+                    },
+                ),
+                encounter_columns.NOT_TAKEN,
+            ),
+        ),
+        columns=2,
+    ),
+    Section(
+        "Diabetes medications",
+        tuple(
+            Choice(medication, medication.capitalize(), MEDICATION_LABELS, "No")
+            for medication in encounter_columns.MEDICATIONS
+        ),
+        columns=4,
+        collapsed=True,
+    ),
+    Section(
+        "Treatment",
+        (
+            Choice(
+                "change",
+                "Change of diabetes medication",
+                _labelled(encounter_columns.CHANGE_VALUES, {"No": "No change", "Ch": "Changed"}),
+                "No",
+            ),
+            Choice(
+                "diabetesMed", "Diabetes medication prescribed", _labelled(encounter_columns.DIABETES_MED_VALUES), "Yes"
+            ),
+        ),
+        columns=2,
+    ),
+)
 
 FIELDS: dict[str, FormField] = {f.column: f for section in SECTIONS for f in section.fields}
 
@@ -185,9 +268,11 @@ def field_errors(payload: Mapping[str, object]) -> dict[str, str]:
 
 def form_problems(values: Mapping[str, object]) -> dict[str, str]:
     """What is wrong with the form, by column: malformed diagnosis codes, then what the API's model rejects."""
-    problems = {column: f"'{values[column]}' is not an ICD-9 code (e.g. 428, 250.01, V45, E878)."
-                for column, field in FIELDS.items()
-                if isinstance(field, DiagnosisCode) and not looks_like_icd9(str(values.get(column) or ""))}  # fmt: skip
+    problems = {
+        column: f"'{values[column]}' is not an ICD-9 code (e.g. 428, 250.01, V45, E878)."
+        for column, field in FIELDS.items()
+        if isinstance(field, DiagnosisCode) and not looks_like_icd9(str(values.get(column) or ""))
+    }
     return field_errors(encounter_payload(values)) | problems
 
 
@@ -204,8 +289,11 @@ def looks_like_icd9(code: str | None) -> bool:
 
 def medication_summary(values: Mapping[str, object]) -> str:
     """The medications that are prescribed, in words, for the title of the collapsed section."""
-    active = [f"{FIELDS[m].label} ({MEDICATION_LABELS[values[m]].lower()})"
-              for m in encounter_columns.MEDICATIONS if values.get(m, "No") != "No"]  # fmt: skip
+    active = [
+        f"{FIELDS[m].label} ({MEDICATION_LABELS[values[m]].lower()})"
+        for m in encounter_columns.MEDICATIONS
+        if values.get(m, "No") != "No"
+    ]
     return ", ".join(active) if active else "none prescribed"
 
 

@@ -46,7 +46,7 @@ def model_page(settings: Settings) -> None:
     st.markdown(" · ".join(f for f in facts if f))
 
     st.subheader("Performance on the test set")
-    for column, (label, value) in zip(st.columns(4), model_card.headline_metrics(card.metrics).items()):
+    for column, (label, value) in zip(st.columns(4), model_card.headline_metrics(card.metrics).items(), strict=False):
         column.metric(label, f"{value:.3f}" if value is not None else "—")
     if isinstance(details, str):
         st.info(
@@ -54,7 +54,7 @@ def model_page(settings: Settings) -> None:
             icon=":material/cloud_off:",
         )
     elif images := {t: i for t, i in details.images.items() if t not in model_card.CALIBRATION_IMAGES}:
-        for column, (title, image) in zip(st.columns(len(images)), images.items()):
+        for column, (title, image) in zip(st.columns(len(images)), images.items(), strict=False):
             column.image(image, caption=title, width="stretch")
     else:
         st.info("The training run logged no ROC curve or confusion matrix image.")

@@ -254,7 +254,7 @@ def _show_batch(scored: pd.DataFrame, rejected: pd.DataFrame, latency_ms: float,
     counts = batch.band_counts(scored) if not scored.empty else dict.fromkeys(RISK_BANDS, 0)
     columns = st.columns(5)
     columns[0].metric("Scored", f"{len(scored):,}")
-    for column, band in zip(columns[1:4], RISK_BANDS):
+    for column, band in zip(columns[1:4], RISK_BANDS, strict=False):
         column.metric(f"{band.capitalize()} risk", f"{counts[band]:,}")
     columns[4].metric("Rejected", f"{len(rejected):,}")
     if not rejected.empty:
