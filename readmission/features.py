@@ -10,8 +10,10 @@ defined "other" level instead of raising.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -174,7 +176,7 @@ class Encoding:
     """A column's features as a lookup table: one row per level, and a last row for any value no level lists."""
 
     names: tuple[str, ...]
-    level_of: dict[object, int]  # listed value -> its row of `table`
+    level_of: dict[Any, int]  # listed value -> its row of `table`
     table: np.ndarray  # (levels + 1) x len(names)
 
     def rows(self, values: np.ndarray) -> np.ndarray:
@@ -183,7 +185,7 @@ class Encoding:
         return np.fromiter((self.level_of.get(v, unlisted) for v in values), dtype=np.intp, count=len(values))
 
 
-def _lookup(names: tuple[str, ...], features: dict[str, tuple[float, ...]], unlisted: tuple[float, ...]) -> Encoding:
+def _lookup(names: tuple[str, ...], features: Mapping[str, tuple[float, ...]], unlisted: tuple[float, ...]) -> Encoding:
     """Features given value by value (`features`), and `unlisted` for anything else."""
     return Encoding(names, {v: i for i, v in enumerate(features)}, np.array([*features.values(), unlisted], float))
 
@@ -207,7 +209,7 @@ def _one_hot(prefix: str, levels: dict[str, tuple[str, ...]]) -> Encoding:
 
 def _levels(values: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """One level per value, named in snake case; the level "missing" also takes the missing marker `?`."""
-    levels = {v.lower().replace("/", "_").replace("-", "_"): (v,) for v in values}
+    levels: dict[str, tuple[str, ...]] = {v.lower().replace("/", "_").replace("-", "_"): (v,) for v in values}
     if "missing" in levels:
         levels["missing"] += (encounter_columns.MISSING,)
     return levels

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar
 
+from locust import FastHttpUser, LoadTestShape, between, constant_pacing, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 from locust.stats import StatsEntry, calculate_response_time_percentile, diff_response_time_dicts
 
-from locust import FastHttpUser, LoadTestShape, between, constant_pacing, events, task
 from readmission import loadtest
 from readmission.config import Settings
 
@@ -59,7 +59,10 @@ def locust_classes(
         @task
         def predict(self) -> None:
             with self.client.post(
-                loadtest.PREDICT, data=random.choice(pool), headers=JSON_HEADERS, catch_response=True
+                loadtest.PREDICT,
+                data=random.choice(pool),  # type: ignore[arg-type]  # bytes go out as they are
+                headers=JSON_HEADERS,
+                catch_response=True,
             ) as response:
                 if response.status_code == 200 and b'"probability"' not in response.content:
                     response.failure("200 without a probability")
@@ -72,8 +75,13 @@ def locust_classes(
         @task
         def predict_batch(self) -> None:
             rows = settings.loadtest_batch_rows
-            body = loadtest.batch_body(pool, rows, random)
-            with self.client.post(loadtest.BATCH, data=body, headers=JSON_HEADERS, catch_response=True) as response:
+            body = loadtest.batch_body(pool, rows, random.Random())
+            with self.client.post(
+                loadtest.BATCH,
+                data=body,  # type: ignore[arg-type]  # bytes go out as they are
+                headers=JSON_HEADERS,
+                catch_response=True,
+            ) as response:
                 if response.status_code == 200 and _predictions_in(response.content) != rows:
                     response.failure(f"200 without {rows} predictions")
 
@@ -155,6 +163,10 @@ class ConstantLoad(LoadTestShape):
     abstract = True  # `locust_classes` gives it its settings
     settings: ClassVar[Settings]
 
+    def _environment(self) -> Environment:
+        assert self.runner is not None, "Locust gives a shape its runner before the first tick"
+        return self.runner.environment
+
     def tick(self) -> tuple[int, float] | None:
         if self.get_run_time() >= self.settings.loadtest_run_seconds:
             return None
@@ -176,20 +188,24 @@ class StepLoad(LoadTestShape):
         self.steps: list[loadtest.Step] = []
         self._window: _Window | None = None
 
+    def _environment(self) -> Environment:
+        assert self.runner is not None, "Locust gives a shape its runner before the first tick"
+        return self.runner.environment
+
     def tick(self) -> tuple[int, float] | None:
         settings = self.settings
         users = settings.loadtest_step_users * (int(self.get_run_time() // settings.loadtest_step_seconds) + 1)
         if self._window is None or self._window.users != users:
             if self.close_step() or users > settings.loadtest_max_users:
                 return None
-            self._window = _Window.open(self.runner.environment, users)
+            self._window = _Window.open(self._environment(), users)
         return users, settings.loadtest_spawn_rate
 
     def close_step(self) -> bool:
         """Judge the step in progress, if any; True when it broke an SLO."""
         if self._window is None:
             return False
-        measurement = self._window.measure(self.runner.environment)
+        measurement = self._window.measure(self._environment())
         self._window = None
         if not measurement.requests:
             return False

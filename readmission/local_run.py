@@ -116,7 +116,8 @@ def _results(run_id: str) -> dict[str, Any]:
 
     with create_session() as session:
         rows = session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value")).all()
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+        # scalars() gives the XCom rows themselves; Airflow types its query as rows of one-tuples.
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}  # type: ignore[attr-defined]
 
 
 @cache

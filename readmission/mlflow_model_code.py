@@ -21,7 +21,10 @@ class ReadmissionModel(PythonModel):
         self.pipeline = read_skops(context.artifacts[PIPELINE_ARTIFACT])
         self.positive = list(self.pipeline.classes_).index(1)
 
-    def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # MLflow 3 reads the input type from this hint and calls predict without a context.
+    def predict(  # type: ignore[override]
+        self, model_input: list[EncounterRow], params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         rows = pd.DataFrame(
             [row.__dict__ for row in model_input], columns=list(encounter_columns.FEATURE_INPUT_COLUMNS)
         )

@@ -186,7 +186,7 @@ def report_run(settings: Settings, figures: dict[str, dict]) -> dict[str, Any]:
     figures = {task: result for task, result in figures.items() if isinstance(result, dict)}  # no XCom: None
     batch = figures.get("fetch_batch", {}).get("batch")
     scorer = figures.get("score_batch", {}).get("model_version")
-    psi = {}
+    psi: dict[str, float] = {}
     if batch and scorer:
         psi = _attempt("the batch's drift", lambda: batch_drift(settings, int(batch), str(scorer))) or {}
     production = _attempt("the production model", lambda: production_model(settings))

@@ -94,7 +94,7 @@ class SchedulerConfig:
             "name_prefix": settings.lambda_name_prefix,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+        return cls(**values)  # type: ignore[arg-type]  # each value has its field's type; a dict cannot say so
 
     def function_name(self, action: str) -> str:
         return f"{self.name_prefix}-{action}"

@@ -71,8 +71,11 @@ def score_version(settings: Settings, version: str, rows: pd.DataFrame, labels: 
     model = load_pipeline(settings, f"models:/{settings.model_name}/{version}")
     probability = positive_probability(model, rows)
     summary = evaluate.group_summary(evaluate.group_table(rows, labels, probability, threshold=0.5))
+    worst_auc, worst_group = summary.get("roc_auc_worst_group"), summary.get("worst_group")
     return Scores(
-        float(roc_auc_score(labels, probability)), summary.get("roc_auc_worst_group"), summary.get("worst_group")
+        float(roc_auc_score(labels, probability)),
+        None if worst_auc is None else float(worst_auc),
+        None if worst_group is None else str(worst_group),
     )
 
 

@@ -154,7 +154,8 @@ def _log_figures(client: MlflowClient, run_id: str, result: TrainingResult) -> N
     if result.evaluation.importances:
         client.log_dict(run_id, result.evaluation.importances, "feature_importance.json")
     if result.evaluation.groups is not None:
-        client.log_dict(run_id, group_records(result.evaluation.groups), GROUP_ARTIFACT)
+        # A list of records is valid JSON for log_dict, though MLflow types it as a dict.
+        client.log_dict(run_id, group_records(result.evaluation.groups), GROUP_ARTIFACT)  # type: ignore[arg-type]
 
 
 def _log_model(client: MlflowClient, run: Any, result: TrainingResult) -> LoggedModel:
@@ -228,7 +229,7 @@ def describe_version(settings: Settings, uri: str | None = None) -> dict[str, An
         "uri": uri,
         "name": version.name,
         "version": str(version.version),
-        "alias": MODEL_URI.match(uri)["alias"],
+        "alias": match["alias"] if (match := MODEL_URI.match(uri)) else None,
         "aliases": sorted(alias for alias, number in held.items() if number == str(version.version)),
         "run_id": version.run_id,
         "source": version.source,

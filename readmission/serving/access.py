@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from fastapi import Depends, HTTPException, Request
 from readmission.config import Settings
 from readmission.serving.api_models import ErrorMessage
 from readmission.serving.auth import Caller, RateLimiter, accepted_keys, key_hash
@@ -72,6 +72,7 @@ class ApiKey(HTTPBearer):
         if access.callers is None:
             return
         caller = access.caller(await super().__call__(request))
+        assert caller is not None, "keys are required, so a caller was found or refused"
         request.state.api_key = caller.name  # the per-key metrics count refusals too
         access.admit(caller, self.right)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError, PydanticUndefined
@@ -20,7 +20,8 @@ from readmission import encounter_columns
 
 MAX_FACTORS = 5  # readmission.explain.MAX_FACTORS: the factors an explained answer lists
 MAX_TEXT_LENGTH = 64  # ICD-9 codes and specialty names are far shorter; bounds what a request can carry
-RISK_BANDS = ("low", "medium", "high")
+RiskBand = Literal["low", "medium", "high"]
+RISK_BANDS: tuple[str, ...] = get_args(RiskBand)
 RISK_LABELS = {
     "low": "Low risk of readmission",
     "medium": "Moderate risk of readmission",
@@ -200,7 +201,8 @@ class _EncounterBase(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"examples": [EXAMPLE_ENCOUNTER]})
 
 
-Encounter = create_model(
+# The fields are built from FIELDS at import time, which create_model's overloads cannot type.
+Encounter = create_model(  # type: ignore[call-overload]
     "Encounter",
     __base__=_EncounterBase,
     __doc__="One hospital encounter of a diabetic patient, in the data set's own raw vocabulary.",
@@ -229,7 +231,7 @@ class RowPrediction(BaseModel):
         examples=[1],
     )
     probability: float = Field(ge=0, le=1, description="Predicted probability of a readmission.", examples=[0.64])
-    risk_band: Literal[RISK_BANDS] = Field(
+    risk_band: RiskBand = Field(
         description="low / medium / high, by the RISK_MEDIUM_THRESHOLD and RISK_HIGH_THRESHOLD settings.",
         examples=["high"],
     )

@@ -25,13 +25,13 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from readmission.config import Settings, get_settings
 from readmission.explain import SCALE, NotExplainable
 from readmission.features import CodedEncounters

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -78,7 +78,7 @@ class ServedModel:
     groups: list[dict] = field(default_factory=list)  # the run's per-group test metrics (evaluate.group_table)
 
     @cached_property
-    def _steps(self) -> tuple[EncounterFeatures, object, int] | None:
+    def _steps(self) -> tuple[EncounterFeatures, Any, int] | None:
         """(features, classifier, positive column) when the pipeline may be called step by step, else None.
 
         scikit-learn checks a DataFrame's columns on every call (a millisecond for 147 features)

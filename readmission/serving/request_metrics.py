@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fastapi import HTTPException
+
 from readmission.serving import metrics
 
 

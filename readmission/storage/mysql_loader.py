@@ -55,6 +55,7 @@ def insert_mysql(
         _load_mysql(conn, table, chunks, constants)
         return
     driver = conn.connection.dbapi_connection
+    assert driver is not None, "the connection is open"
     backslash_escapes = _text_of(driver.escape_string)("\\") == "\\\\"
     sql = _Format("NULL", lambda text: _quoted(text, backslash_escapes))
     constant = "".join("," + _text_of(driver.literal)(value) for value in constants.values())
@@ -71,7 +72,9 @@ def insert_mysql(
 
 def _load_mysql(conn: Connection, table: sa.Table, chunks: list[pa.Table], constants: dict[str, Any]) -> None:
     """LOAD DATA LOCAL INFILE of each chunk, written to a tab-separated file while the server loads the previous one."""
-    literal = _text_of(conn.connection.dbapi_connection.literal)
+    driver = conn.connection.dbapi_connection
+    assert driver is not None, "the connection is open"
+    literal = _text_of(driver.literal)
     quote = conn.dialect.identifier_preparer.quote
     columns = ",".join(quote(c) for c in chunks[0].column_names)
     assignments = ", ".join(f"{quote(name)} = {literal(value)}" for name, value in constants.items())

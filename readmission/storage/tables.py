@@ -30,7 +30,7 @@ SPLIT_VIEWS = {split: f"{split}_data" for split in SPLITS}
 MYSQL_DIALECTS = ("mysql", "mariadb")
 LOCAL_FILES = "readmission_local_files"  # connection info key: the server takes LOAD DATA LOCAL INFILE
 REBUILD_CLEAN = "readmission rebuild-clean"  # the command that rebuilds diabetes_clean from diabetes_raw
-_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 _LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")  # MySQL's TEXT stops at 64 KB
 _COUNT_COLUMNS = set(encounter_columns.COUNT_RANGES)
 
@@ -144,7 +144,7 @@ def engine(url: str) -> Engine:
     parsed = sa.make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        if parsed.database not in (None, "", ":memory:"):
+        if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return sa.create_engine(parsed)
     if backend not in MYSQL_DIALECTS:

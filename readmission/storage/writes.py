@@ -229,7 +229,7 @@ def _finish(
         if len(quarantined):
             rejected = _quarantine_rows(quarantined, quarantined["reason"], CLEAN_STAGE)
             insert(conn, quarantine_table, rejected, {"batch_number": batch_number}, db.chunk_rows)
-        all_rejected = conn.execute(sa.select(sa.func.count()).where(this_batch)).scalar()
+        all_rejected = conn.execute(sa.select(sa.func.count()).where(this_batch)).scalar_one()
         counts = {"rows_stored": len(clean_frame), "rows_rejected": all_rejected, "status": STORED}
         conn.execute(
             sa.update(batch_log_table)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 
 import streamlit as st
+
 from readmission.config import Settings
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import functools
 import logging
 
 import streamlit as st
+
 from readmission.config import Settings, get_settings
 from readmission.ui.access import signed_in_user
 from readmission.ui.model_page import model_page

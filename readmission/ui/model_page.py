@@ -4,8 +4,8 @@ figures from MLflow (`readmission.ui.model_card`)."""
 from __future__ import annotations
 
 import pandas as pd
-
 import streamlit as st
+
 from readmission.config import Settings
 from readmission.model import tags as model_tags
 from readmission.serving.api_models import ModelCard

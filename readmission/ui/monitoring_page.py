@@ -6,8 +6,8 @@ from __future__ import annotations
 import altair as alt
 import numpy as np
 import pandas as pd
-
 import streamlit as st
+
 from readmission.config import Settings
 from readmission.drift import SIGNIFICANT_PSI
 from readmission.ui.pages import BAND_COLOURS, MODEL_CARD_CACHE_SECONDS
@@ -24,7 +24,7 @@ def _record(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame] | str:
         return f"The platform's stores could not be read: {type(error).__name__}: {error}"
 
 
-def _live_chart(batches: pd.DataFrame, promoted: pd.DataFrame, floor: float) -> alt.Chart:
+def _live_chart(batches: pd.DataFrame, promoted: pd.DataFrame, floor: float) -> alt.LayerChart | alt.FacetChart:
     """Live ROC-AUC per batch (a red point below the floor), the floor as a rule, and promotions as rules."""
     scored = batches.dropna(subset=["live_roc_auc"]).assign(
         status=lambda f: np.where(f["below_floor"], "below the floor", "at or above the floor")

@@ -9,11 +9,12 @@ a rejected file, MLflow unreachable) is shown as a plain message, never as a tra
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import altair as alt
 import pandas as pd
-
 import streamlit as st
+
 from readmission.config import Settings
 from readmission.serving.api_models import RISK_BANDS, BatchPrediction, Prediction
 from readmission.ui import batch, forms
@@ -87,7 +88,7 @@ def _draw_section(section: forms.Section, values: dict[str, object], messages: d
             messages[field.column] = st.empty()
 
 
-def _draw_form() -> tuple[dict[str, object], dict[str, object]]:
+def _draw_form() -> tuple[dict[str, object], dict[str, Any]]:
     """The whole form; returns the values by column and the message slot of each field."""
     values: dict[str, object] = {}
     messages: dict[str, object] = {}
@@ -324,4 +325,5 @@ def batch_page(settings: Settings) -> None:
         except ApiError as error:
             show_api_error(error)
             return
-    _show_batch(*cached[1:], filename=upload.name)
+    _, scored, rejected, latency_ms = cached
+    _show_batch(scored, rejected, latency_ms, filename=upload.name)
