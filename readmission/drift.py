@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from readmission import encounter_columns
-from readmission.features import DISCHARGE_LEVELS, INPUT_COLUMNS, CodedEncounters, diagnosis_groups, input_matrix
+from readmission.encodings import DISCHARGE_LEVELS, diagnosis_groups
+from readmission.features import INPUT_COLUMNS, CodedEncounters, input_matrix
 
 log = logging.getLogger(__name__)
 

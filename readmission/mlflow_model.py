@@ -29,12 +29,13 @@ import pandas as pd
 from pydantic import BeforeValidator, ConfigDict, create_model
 from sklearn.pipeline import Pipeline
 
-from readmission import encounter_columns, features
+from readmission import encounter_columns
+from readmission.validation import CODE_COLUMNS
 
 PROBABILITY_COLUMN = "readmission_probability"
 PIPELINE_ARTIFACT = "pipeline"
 CODE_FILE = Path(__file__).with_name("mlflow_model_code.py")  # the python_function model class
-INTEGER_COLUMNS = (*features.ID_COLUMNS, *encounter_columns.COUNT_RANGES)
+INTEGER_COLUMNS = (*CODE_COLUMNS, *encounter_columns.COUNT_RANGES)
 
 # The types beyond skops' defaults that our pipelines hold, and why:
 SKOPS_TRUSTED_TYPES: tuple[str, ...] = (

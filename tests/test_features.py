@@ -12,7 +12,8 @@ from sklearn.tree import DecisionTreeClassifier
 from readmission import encounter_columns
 from readmission.clean import typed_encounters
 from readmission.dataset import synthetic_dataset
-from readmission.features import UNKNOWN_AGE, CodedEncounters, EncounterFeatures, diagnosis_groups, input_matrix, target
+from readmission.encodings import UNKNOWN_AGE, diagnosis_groups
+from readmission.features import CodedEncounters, EncounterFeatures, input_matrix, target
 from tests.factories import encounter
 
 

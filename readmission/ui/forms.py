@@ -18,7 +18,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from readmission import encounter_columns
-from readmission.features import VISIT_COLUMNS, diagnosis_groups
+from readmission.encodings import diagnosis_groups
+from readmission.features import VISIT_COLUMNS
 from readmission.serving.api_models import Encounter
 
 NOT_RECORDED = "Not recorded"
