@@ -92,7 +92,7 @@ def mysqlclient_url(uri: str) -> str:
     """A MySQL URI (as `MySqlHook.get_uri()` gives it, any driver) on mysqlclient (`mysql+mysqldb`).
 
     mysqlclient is the driver the Airflow MySQL provider itself installs, and it parses results
-    in C: reading the ~100k stored encounters to train on takes a quarter of PyMySQL's time.
+    in C, so reading every stored encounter to train on is several times quicker than with PyMySQL.
     """
     return make_url(uri).set(drivername="mysql+mysqldb").render_as_string(hide_password=False)
 

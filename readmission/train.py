@@ -56,9 +56,9 @@ INPUT_EXAMPLE_ROWS = 5
 REFERENCE_PARAMS: dict[str, Any] = {"n_estimators": 200, "learning_rate": 0.05, "max_depth": 3}
 # HistGradientBoosting search: a handful of settings, each stopped early on a 10% holdout of train.
 # Learning rates of 0.1 and above with feature subsampling: on the real data they reach the
-# validation ROC-AUC of learning rate 0.05 (within 0.002) in a fraction of the trees. Together
-# they cost about what the reference GradientBoosting costs on its own (~29 s of one core for
-# 71k rows), so the reference on one core and the search on the other finish together.
+# validation ROC-AUC of learning rate 0.05 in a fraction of the trees. Together they cost about
+# what the reference GradientBoosting costs on its own, so the reference on one core and the
+# search on the other finish together (the README's benchmark table has the figures).
 # Slowest first, so that both cores stay busy until the end.
 # More inpatient admissions in the past year never lower the risk a HistGradientBoosting model gives (the
 # prior-visit total they add to included): clinically expected, and what a clinician reading the factors

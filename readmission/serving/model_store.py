@@ -199,8 +199,8 @@ def load_served_model(settings: Settings, target: ModelTarget) -> ServedModel:
 def _settle_memory() -> None:
     """Collect the replaced model's garbage once, then take everything left out of the cyclic collector.
 
-    A worker holds ~400,000 long-lived objects (libraries, the model); a full collection of them
-    pauses it for a third of a second, which requests would otherwise meet again and again.
+    A worker holds hundreds of thousands of long-lived objects (libraries, the model); a full collection
+    of them pauses it long enough that requests would otherwise meet the pause again and again.
     """
     gc.unfreeze()
     gc.collect()
