@@ -61,9 +61,12 @@ stand-in-images: system-deps
 	tests/containers/python/build.sh
 	tests/containers/airflow/build.sh
 	tests/containers/postgres/build.sh
+	tests/containers/mysql/build.sh
+	tests/containers/minio/build.sh
+	tests/containers/prometheus/build.sh
 
 test-containers: system-deps install stand-in-images images ## Build every image and run the container tests alone
-	$(BIN)/python -m pytest tests/test_deploy_containers.py
+	$(BIN)/python -m pytest tests/test_deploy_containers.py tests/test_deploy_compose_stack.py
 
 airflow: install ## Airflow's scheduler and UI (http://127.0.0.1:8080) with the DAG, and a data API to pull from
 	$(BIN)/readmission airflow
