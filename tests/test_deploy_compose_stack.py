@@ -68,6 +68,7 @@ def stack_environment(project: str, dataset: Path) -> dict[str, str]:
         "DATASET_PATH": "/data/encounters.csv.gz",  # where the override mounts it
         "BATCH_SIZE": str(BATCH_SIZE),
         "BATCH_INTERVAL_SECONDS": "3600",  # batch 1 stays the current batch for the whole module
+        "PIPELINE_SCHEDULE": "",  # the triggered run is the only run: no scheduled one starts on unpausing
     }
 
 
