@@ -13,7 +13,7 @@ APT_PACKAGES := mariadb-server postgresql prometheus prometheus-pushgateway chro
 # The container engine the container tests build and run every image with (podman: no daemon; runc,
 # as crun refuses hybrid cgroups; the dnsname plugin resolves compose service names), debootstrap for
 # the stand-in base images (tests/containers/).
-APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-containernetworking-plugin-dnsname podman-compose
+APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-containernetworking-plugin-dnsname
 # podman's engine settings (runtime, cgroups, ulimits) come from the project, not the machine's /etc.
 export CONTAINERS_CONF ?= $(CURDIR)/containers.conf
 

@@ -52,16 +52,22 @@ class ComposeStack:
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         files = [argument for path in COMPOSE_FILES for argument in ("-f", str(path))]
         command = [str(VENV_BIN / "podman-compose"), "--project-name", self.project, *files, *args]
-        result = subprocess.run(command, cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            command, check=False, cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         with open(self.log_dir / "podman-compose.log", "a") as log:
             log.write(f"$ podman-compose {' '.join(args)}\n{result.stdout}\n{result.stderr}\n")
         if result.returncode != 0:
-            raise AssertionError(f"podman-compose {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+            raise AssertionError(
+                f"podman-compose {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}"
+            )
         return result
 
     def containers(self) -> dict[str, dict]:
         """service -> `podman ps` entry of its container, for every container of the project, running or not."""
-        listed = engine_run("ps", "--all", "--format", "json", "--filter", f"label=io.podman.compose.project={self.project}")
+        listed = engine_run(
+            "ps", "--all", "--format", "json", "--filter", f"label=io.podman.compose.project={self.project}"
+        )
         found = {}
         for entry in json.loads(listed.stdout or "[]"):
             found[entry["Labels"]["com.docker.compose.service"]] = entry
@@ -155,7 +161,9 @@ class ComposeStack:
                 started |= set(startable)
                 pending -= set(startable)
             for service in started - set(ready_after):
-                one_shot = self.services[service].get("restart", "no") == "no" and "healthcheck" not in self.services[service]
+                one_shot = (
+                    self.services[service].get("restart", "no") == "no" and "healthcheck" not in self.services[service]
+                )
                 condition = "service_completed_successfully" if one_shot else (
                     "service_healthy" if "healthcheck" in self.services[service] else "service_started")  # fmt: skip
                 if self.condition_met(service, condition):
@@ -165,7 +173,9 @@ class ComposeStack:
             if time.monotonic() > deadline:
                 waiting = sorted(wanted - set(ready_after))
                 logs = "\n".join(f"--- {s} ---\n{self.logs(s)}" for s in waiting if s in self.containers())
-                raise AssertionError(f"not healthy or done after {timeout}s: {waiting}; not started: {sorted(pending)}\n{logs}")
+                raise AssertionError(
+                    f"not healthy or done after {timeout}s: {waiting}; not started: {sorted(pending)}\n{logs}"
+                )
             time.sleep(3)
 
     def down(self, volumes: bool = False) -> None:

@@ -61,15 +61,19 @@ def stack_environment(project: str, dataset: Path) -> dict[str, str]:
     settings = {name.upper() for name in Settings.model_fields}
     environment = {name: value for name, value in os.environ.items() if name not in settings}
     environment.setdefault("CONTAINERS_CONF", str(REPO_ROOT / "containers.conf"))
-    return environment | SECRETS | {
-        "IMAGE_TAG": IMAGE_TAG,
-        "COMPOSE_TEST_NETWORK": project,
-        "COMPOSE_TEST_DATASET": str(dataset),
-        "DATASET_PATH": "/data/encounters.csv.gz",  # where the override mounts it
-        "BATCH_SIZE": str(BATCH_SIZE),
-        "BATCH_INTERVAL_SECONDS": "3600",  # batch 1 stays the current batch for the whole module
-        "PIPELINE_SCHEDULE": "",  # the triggered run is the only run: no scheduled one starts on unpausing
-    }
+    return (
+        environment
+        | SECRETS
+        | {
+            "IMAGE_TAG": IMAGE_TAG,
+            "COMPOSE_TEST_NETWORK": project,
+            "COMPOSE_TEST_DATASET": str(dataset),
+            "DATASET_PATH": "/data/encounters.csv.gz",  # where the override mounts it
+            "BATCH_SIZE": str(BATCH_SIZE),
+            "BATCH_INTERVAL_SECONDS": "3600",  # batch 1 stays the current batch for the whole module
+            "PIPELINE_SCHEDULE": "",  # the triggered run is the only run: no scheduled one starts on unpausing
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,9 @@ def test_airflow_carries_batch_1_from_the_data_api_through_mysql_to_the_registry
         f"run {run['state']}, tasks not successful: {failed}\n{stack.logs('airflow-scheduler')}"
     )
     # The raw rows in the MySQL container, fetched from the data API container.
-    assert mysql_rows(stack, "SELECT COUNT(*) FROM raw_data_db.diabetes_raw WHERE batch_number = 1") == [str(BATCH_SIZE)]
+    assert mysql_rows(stack, "SELECT COUNT(*) FROM raw_data_db.diabetes_raw WHERE batch_number = 1") == [
+        str(BATCH_SIZE)
+    ]
     # The model in the MLflow container's registry, its artifacts in the S3 container.
     assert production_version(stack) == "1"
     keys = artifact_keys(stack)
@@ -209,6 +215,9 @@ def test_prometheus_scrapes_every_target_and_the_inference_request_counter(stack
 
     wait_until(counted, timeout=120, interval=5, what=f"{query} to return data")
     assert float(counted()[0]["value"][1]) > 0
+    # Airflow's StatsD metrics, through the statsd-exporter container and its mapping file.
+    heartbeats = requests.get(f"{url}/api/v1/query", params={"query": "airflow_scheduler_heartbeat"}, timeout=10)
+    assert heartbeats.json()["data"]["result"], "no StatsD metric of Airflow's scheduler reached Prometheus"
 
 
 def test_the_locust_image_runs_headless_against_the_inference_container_and_exits_0(stack, pipeline_run):
