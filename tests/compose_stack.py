@@ -117,7 +117,10 @@ class ComposeStack:
                     continue
                 if time.monotonic() - self._last_check.get(name, 0) >= seconds(check.get("interval"), 30):
                     self._last_check[name] = time.monotonic()
-                    engine_run("healthcheck", "run", name, check=False, timeout=120)
+                    try:
+                        engine_run("healthcheck", "run", name, check=False, timeout=120)
+                    except subprocess.TimeoutExpired:  # a hung check counts as failed, as Docker's timeout does
+                        pass
             self._stop.wait(2)
 
     # --- up and down -------------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def stack(tmp_path_factory, synthetic_csv):
     dataset = Path(REAL_DATASET) if REAL_DATASET else synthetic_csv
     log_dir = tmp_path_factory.mktemp("compose")
     created = ComposeStack(project, stack_environment(project, dataset), log_dir)
+    for service, definition in created.services.items():  # the official images, or their stand-ins
+        assert image_exists(definition["image"]), f"{service}: {definition['image']} is missing (make stand-in-images)"
     created.start_healthchecks()
     try:
         created.ready_after = created.up()
