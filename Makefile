@@ -18,7 +18,7 @@ APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-cont
 export CONTAINERS_CONF ?= $(CURDIR)/containers.conf
 
 .PHONY: help install system-deps tools demo test airflow loadtest benchmark kubernetes clean
-.PHONY: images stand-in-images test-containers
+.PHONY: images stand-in-images test-containers lint test-fast
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,8 +49,16 @@ $(TOOLS)/bin/checkov:
 
 tools: $(TOOLS)/bin/checkov ## Install checkov into .venv-tools (the deploy tests run it)
 
-test: system-deps install tools stand-in-images images ## Install what the tests need and run the whole suite
+test: system-deps install tools stand-in-images images lint ## Install what the tests need, check the code and run the whole suite
 	$(BIN)/python -m pytest
+
+test-fast: install ## The tests that start no server, browser or container, nor read the real data set
+	$(BIN)/python -m pytest -m "not servers and not acceptance"
+
+lint: install ## Formatting, lint rules and types (ruff format --check, ruff check, mypy)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 images: ## Build every image (docker where a Docker engine answers, else podman); prints sizes and build times
 	scripts/build_images.sh

@@ -4,14 +4,15 @@
 Every 5 minutes (the data API's rotation; `PIPELINE_SCHEDULE`, empty for triggered runs only) a run
 takes the data API's current batch, or the batch given in the `batch` param, through:
 
-`check_source` → `fetch_batch` → `store_raw` → `validate_and_clean` → `store_clean` →
-`export_batch` → `score_batch` → `train` → `register` → `promote` → `notify_serving` → `report_run`
+`check_source` → `fetch_batch` → `store_raw` → `store_clean` → `export_batch` → `score_batch` →
+`train` → `register` → `promote` → `notify_serving` → `report_run`
 
 * **Skipped, not failed**, when the EC2 instance is stopped or the data API does not answer.
 * **Idempotent**: every write is keyed by batch number and encounter id, so re-running a run
   or clearing a task leaves the tables as they were. A batch already trained on is not trained
   on again unless the `force_retrain` param (or `FORCE_RETRAIN`) says so.
-* A malformed batch fails `validate_and_clean` without retries: nothing is written after `store_raw`.
+* `store_clean` validates and cleans the stored raw rows once, then stores them. A malformed batch, or one
+  without a usable row, fails it without retries: nothing is written after `store_raw`.
 * `notify_serving` failing is a warning, not a failed run.
 * XCom carries batch numbers, counts and ids only; rows move through the databases and the batch store.
 
@@ -23,7 +24,9 @@ exist (used through mysqlclient, which reads rows four times faster than PyMySQL
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
@@ -57,17 +60,100 @@ def _run_settings() -> Settings:
     )
 
 
-def _run(step: str, *args):
-    """Run `readmission.pipeline.<step>` with this run's settings, translating the package's outcomes:
+def _run(step: Callable[..., dict], *args: Any) -> dict:
+    """Run a step of `readmission.pipeline` with this run's settings, translating the package's outcomes:
     nothing to fetch -> skipped run; a batch that can never pass -> failed without retries."""
-    from readmission import pipeline
+    from readmission.pipeline import BatchRefused, RunSkipped
 
     try:
-        return getattr(pipeline, step)(_run_settings(), *args)
-    except pipeline.RunSkipped as exc:
+        return step(_run_settings(), *args)
+    except RunSkipped as exc:
         raise AirflowSkipException(f"skipping this run: {exc}") from exc
-    except pipeline.BatchRefused as exc:
+    except BatchRefused as exc:
         raise AirflowFailException(f"batch refused: {exc}") from exc
+
+
+# The tasks: each one a step of readmission.pipeline (imported in the task, so that parsing this file
+# stays fast), taking what the task before it returned.
+
+
+@task
+def check_source() -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.check_source)
+
+
+@task
+def fetch_batch(source: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.fetch_batch, get_current_context()["params"].get("batch"))
+
+
+@task
+def store_raw(fetched: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.store_raw, fetched["batch"])
+
+
+@task
+def store_clean(stored_raw: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.store_clean, stored_raw["batch"])
+
+
+@task
+def export_batch(stored: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.export_batch, stored["batch"])
+
+
+@task
+def score_batch(exported: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.score_batch, exported["batch"])
+
+
+@task
+def train(scored: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.train, scored["batch"])
+
+
+@task
+def register(trained: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.register, trained)
+
+
+@task
+def promote(registered: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.promote, registered)
+
+
+@task
+def notify_serving(promoted: dict) -> dict:
+    from readmission import pipeline
+
+    return _run(pipeline.notify_serving, promoted)
+
+
+@task
+def report_run(notified: dict) -> dict:
+    """Push what every task returned, and the batch's drift, to the Pushgateway (readmission.monitoring)."""
+    from readmission import monitoring, pipeline
+
+    results = get_current_context()["ti"].xcom_pull(task_ids=list(pipeline.TASK_IDS[:-1]))
+    return monitoring.report_run(_run_settings(), dict(zip(pipeline.TASK_IDS, results)))
 
 
 @dag(
@@ -83,67 +169,29 @@ def _run(step: str, *args):
         "retry_delay": timedelta(seconds=DAG_SETTINGS.pipeline_retry_delay_seconds),
     },
     params={
-        "batch": Param(None, type=["null", "integer"], minimum=1,
-                       description="Batch number to (re)process; empty: the data API's current batch."),
+        "batch": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Batch number to (re)process; empty: the data API's current batch.",
+        ),
         "force_retrain": Param(False, type="boolean", description="Train even if this batch was trained on."),
-    },  # fmt: skip
+    },
     tags=["diabetes", "readmission", "mlops"],
     doc_md=__doc__,
 )
 def diabetes_pipeline():
-    @task
-    def check_source() -> dict:
-        return _run("check_source")
+    source = check_source()
+    fetched = fetch_batch(source)
+    stored_raw = store_raw(fetched)
+    stored = store_clean(stored_raw)
+    exported = export_batch(stored)
+    scored = score_batch(exported)
+    trained = train(scored)
+    registered = register(trained)
+    promoted = promote(registered)
+    notified = notify_serving(promoted)
+    report_run(notified)
 
-    @task
-    def fetch_batch(source: dict) -> dict:
-        return _run("fetch_batch", get_current_context()["params"].get("batch"))
-
-    @task
-    def store_raw(fetched: dict) -> dict:
-        return _run("store_raw", fetched["batch"])
-
-    @task
-    def validate_and_clean(stored: dict) -> dict:
-        return _run("validate_and_clean", stored["batch"])
-
-    @task
-    def store_clean(cleaned: dict) -> dict:
-        return _run("store_clean", cleaned["batch"])
-
-    @task
-    def export_batch(stored: dict) -> dict:
-        return _run("export_batch", stored["batch"])
-
-    @task
-    def score_batch(exported: dict) -> dict:
-        return _run("score_batch", exported["batch"])
-
-    @task
-    def train(scored: dict) -> dict:
-        return _run("train", scored["batch"])
-
-    @task
-    def register(trained: dict) -> dict:
-        return _run("register", trained)
-
-    @task
-    def promote(registered: dict) -> dict:
-        return _run("promote", registered)
-
-    @task
-    def notify_serving(promoted: dict) -> dict:
-        return _run("notify_serving", promoted)
-
-    @task
-    def report_run(notified: dict) -> dict:
-        """Push what every task returned, and the batch's drift, to the Pushgateway (readmission.monitoring)."""
-        from readmission import monitoring, pipeline
-
-        results = get_current_context()["ti"].xcom_pull(task_ids=list(pipeline.TASK_IDS[:-1]))
-        return monitoring.report_run(_run_settings(), dict(zip(pipeline.TASK_IDS, results)))
-
-    report_run(notify_serving(promote(register(train(score_batch(export_batch(store_clean(validate_and_clean(
-        store_raw(fetch_batch(check_source())))))))))))  # fmt: skip
 
 diabetes_pipeline()

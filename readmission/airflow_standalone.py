@@ -12,12 +12,14 @@ The user `admin` signs in with AIRFLOW_ADMIN_PASSWORD, or with the password Airf
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from readmission import pipeline, processes
 from readmission.config import Settings
@@ -104,7 +106,8 @@ def start(settings: Settings, timeout: float = 300.0) -> list[subprocess.Popen]:
 
 def run(settings: Settings) -> int:
     """`make airflow`: a data API, then Airflow until Ctrl-C; prints where to sign in and how to trigger a run."""
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     processes.stop_on_sigterm()
     started: list[subprocess.Popen] = []
     try:
@@ -124,9 +127,8 @@ def run(settings: Settings) -> int:
         while all(process.poll() is None for process in started):
             time.sleep(1)
         failed = next(process for process in started if process.poll() is not None)
-        print(
-            f"{Path(str(failed.args[0])).name} {' '.join(map(str, failed.args[1:2]))} exited with {failed.returncode}"
-        )
+        command = " ".join([processes.program_name(failed), *map(str, cast(list, failed.args)[1:2])])
+        print(f"{command} exited with {failed.returncode}")
         return 1
     except KeyboardInterrupt:
         return 0

@@ -76,6 +76,21 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _rebuild_clean(args: argparse.Namespace, settings: Settings) -> int:
+    from readmission import ingest
+    from readmission.storage import Storage
+
+    storage = Storage.from_settings(settings)
+    try:
+        rebuilt = ingest.rebuild_clean(storage)
+    finally:
+        storage.dispose()
+    for counts in rebuilt:
+        print(f"batch {counts.batch_number}: {counts.stored} rows stored clean, {counts.rejected} quarantined")
+    print(f"diabetes_clean rebuilt from diabetes_raw: {len(rebuilt)} batches, {sum(c.stored for c in rebuilt)} rows")
+    return 0
+
+
 def _batches(args: argparse.Namespace, settings: Settings) -> int:
     from readmission.storage import Storage
 
@@ -170,6 +185,11 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("serve", "serve the inference API on MODEL_URI (API_HOST, API_PORT, API_WORKERS)", _serve),
     Subcommand("ingest", "fetch, validate and store one batch, or every batch of a file", _ingest, _ingest_arguments),
     Subcommand("batches", "print the batch log", _batches),
+    Subcommand(
+        "rebuild-clean",
+        "drop diabetes_clean and clean every stored batch again from diabetes_raw (after its columns changed)",
+        _rebuild_clean,
+    ),
     Subcommand(
         "loadtest",
         "headless Locust run against API_URL; exit 1 when an SLO breaks (LOADTEST_*, SLO_*)",

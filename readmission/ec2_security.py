@@ -49,7 +49,7 @@ def _ingress_rule(port: int, network: ipaddress.IPv4Network | ipaddress.IPv6Netw
 
 def _rules(permissions: list[dict[str, Any]]) -> set[tuple]:
     """Ingress permissions as (protocol, from, to, source) tuples, one per source."""
-    rules = set()
+    rules: set[tuple] = set()
     for p in permissions:
         sources = (
             [r["CidrIp"] for r in p.get("IpRanges", [])]

@@ -166,12 +166,12 @@ def evaluate(model: Pipeline, splits: dict[str, tuple[pd.DataFrame, np.ndarray]]
     frame, y_true = splits[report]
     groups = group_table(frame, y_true, probabilities[report], threshold)
     summary = group_summary(groups)
-    metrics |= {f"{report}_{key}": value for key, value in summary.items() if key != "worst_group"}
+    metrics |= {f"{report}_{key}": float(value) for key, value in summary.items() if key != "worst_group"}
     if not figures:
         return Evaluation(threshold, metrics, groups=groups)
     importances = feature_importances(model, frame, y_true, seed=seed)
-    figures = draw_figures(y_true, probabilities[report], threshold, importances, report)
-    return Evaluation(threshold, metrics, importances, figures, groups)
+    drawn = draw_figures(y_true, probabilities[report], threshold, importances, report)
+    return Evaluation(threshold, metrics, importances, drawn, groups)
 
 
 def feature_importances(model: Pipeline, frame: pd.DataFrame, y_true: np.ndarray, seed: int = 0) -> dict[str, float]:

@@ -1,10 +1,11 @@
-"""Cleaning and feature engineering as one scikit-learn transformer.
+"""Feature engineering as one scikit-learn transformer.
 
-`EncounterFeatures` turns raw encounter columns (the data set's own vocabulary, as text
-or numbers) into a fixed set of numeric features. It writes the `diabetes_clean` table
-and it is the first step of every logged model, so training and serving cannot drift
-apart. Its vocabularies are fixed constants, not learned, so every batch yields the same
-columns, and anything unseen maps to a defined "other" level instead of raising.
+`EncounterFeatures` turns encounter columns (the data set's own vocabulary, typed as the
+`diabetes_clean` table holds them, or as text as the data API serves them: both give the same
+features) into a fixed set of numeric features. It is the first step of every logged model,
+so training, batch scoring and serving cannot drift apart. Its vocabularies are fixed
+constants, not learned, so every batch yields the same columns, and anything unseen maps to a
+defined "other" level instead of raising.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from readmission import schema
+from readmission.validation import CODE_COLUMNS
 
 # Category levels one-hot encoded; anything else (unseen values included) is "other".
 RACE_LEVELS = (*schema.RACES, "missing")
@@ -225,7 +227,7 @@ DIABETES_MEDICATION = _indicator("diabetes_medication", ("Yes",))
 CATEGORICAL = (("race", RACE), ("gender", GENDER), ("age", AGE), ("weight", WEIGHT),
                ("admission_type_id", ADMISSION_TYPE), ("discharge_disposition_id", DISCHARGE),
                ("admission_source_id", ADMISSION_SOURCE), ("medical_specialty", SPECIALTY), ("payer_code", PAYER))  # fmt: skip
-ID_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")  # looked up by their id code
+ID_COLUMNS = CODE_COLUMNS  # looked up by their id code
 # Every encoding that looks a raw value up, by the column it encodes (the 23 medications share one).
 LOOKUPS: dict[str, Encoding] = {**dict(CATEGORICAL), "max_glu_serum": GLUCOSE, "A1Cresult": A1C, "change": CHANGE,
                                 "diabetesMed": DIABETES_MEDICATION, "medications": MEDICATION_RANK}  # fmt: skip

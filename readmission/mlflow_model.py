@@ -69,12 +69,13 @@ def _text(value: Any) -> str | None:
 Integer = Annotated[int, BeforeValidator(_integer)]
 Text = Annotated[str | None, BeforeValidator(_text)]
 
+_ROW_FIELDS: dict[str, Any] = {
+    column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None) for column in schema.FEATURE_INPUT_COLUMNS
+}
 EncounterRow = create_model(
     "EncounterRow",
     __config__=ConfigDict(extra="ignore"),  # identifiers and the label may come along, as in the file
-    **{
-        column: (Integer, ...) if column in INTEGER_COLUMNS else (Text, None) for column in schema.FEATURE_INPUT_COLUMNS
-    },
+    **_ROW_FIELDS,
 )
 
 

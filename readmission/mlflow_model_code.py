@@ -21,7 +21,8 @@ class ReadmissionModel(PythonModel):
         self.pipeline = read_skops(context.artifacts[PIPELINE_ARTIFACT])
         self.positive = list(self.pipeline.classes_).index(1)
 
-    def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # MLflow 3 reads the input type from this hint and calls predict without a context.
+    def predict(self, model_input: list[EncounterRow], params: dict[str, Any] | None = None) -> pd.DataFrame:  # type: ignore[override]
         rows = pd.DataFrame([row.__dict__ for row in model_input], columns=list(schema.FEATURE_INPUT_COLUMNS))
         return pd.DataFrame({PROBABILITY_COLUMN: self.pipeline.predict_proba(rows)[:, self.positive]})
 

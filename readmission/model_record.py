@@ -45,8 +45,8 @@ def batch_record(settings: Settings) -> pd.DataFrame:
             if version is not None:
                 if version not in profiles:
                     profiles[version] = _profile(settings, version)
-                if profiles[version] is not None:
-                    psi = drift.batch_psi(profiles[version], storage.raw_batch(int(batch.batch_number)))
+                if (profile := profiles[version]) is not None:
+                    psi = drift.batch_psi(profile, storage.read_raw_batch(int(batch.batch_number)))
             top = sorted(psi.items(), key=lambda item: -item[1])[:TOP_DRIFTING]
             rows.append({"batch": int(batch.batch_number), "received_at": batch.started_at,
                          "rows_stored": int(batch.rows_stored), "rows_rejected": int(batch.rows_rejected),

@@ -129,7 +129,7 @@ def batch_drift(settings: Settings, batch: int, model_version: str) -> dict[str,
         return {}
     storage = Storage.from_settings(settings)
     try:
-        rows = storage.raw_batch(batch)
+        rows = storage.read_raw_batch(batch)
     finally:
         storage.dispose()
     return drift.batch_psi(profile, rows) if len(rows) else {}

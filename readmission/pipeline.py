@@ -5,10 +5,11 @@ and returns a small JSON-able dict for XCom: batch numbers, counts, ids, scores 
 step's duration, never rows. Those dicts are also what a run pushes as metrics.
 
 Rows move between steps through durable stores only:
-  * `fetch_batch` lands the batch exactly as the data API served it in the batch store,
-    `batches/<n>/raw.parquet` (a folder under DATA_DIR, or the S3/MinIO bucket when
-    BATCH_STORE=s3), and `store_raw` writes that landed copy to `diabetes_raw`;
-  * every later step reads the batch back from the raw or clean database by batch number;
+  * `fetch_batch` lands the batch exactly as the data API served it in the batch store
+    (`readmission.batch_store`: `batches/<n>/raw.parquet` under DATA_DIR, or in the S3/MinIO
+    bucket when BATCH_STORE=s3), and `store_raw` writes that landed copy to `diabetes_raw`;
+  * `store_clean` reads the raw rows back, validates and cleans them once (`readmission.ingest`)
+    and writes `diabetes_clean`; every later step reads the batch's clean rows, never the raw ones;
   * `export_batch` adds `batches/<n>/clean.parquet` next to the landed raw rows.
 
 Every step is safe to re-run: stores are keyed by batch number and encounter id, objects are
@@ -19,7 +20,6 @@ read) skips the run, `BatchRefused` (a batch that can never pass) fails it witho
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -34,15 +34,14 @@ from typing import Any
 
 import pandas as pd
 import requests
-import sqlalchemy as sa
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
 from sqlalchemy.engine import make_url
 
-from readmission import evaluate, features, ingest, registry, schema, sources
+from readmission import batch_store, evaluate, features, ingest, registry, schema, sources
 from readmission import train as training
 from readmission.config import Settings
-from readmission.storage import Storage, diabetes_clean
+from readmission.storage import Storage
 from readmission.validation import SchemaError
 
 log = logging.getLogger(__name__)
@@ -50,9 +49,18 @@ log = logging.getLogger(__name__)
 DAG_ID = "diabetes_pipeline"
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
 TASK_IDS = (
-    "check_source", "fetch_batch", "store_raw", "validate_and_clean", "store_clean", "export_batch",
-    "score_batch", "train", "register", "promote", "notify_serving", "report_run",
-)  # fmt: skip
+    "check_source",
+    "fetch_batch",
+    "store_raw",
+    "store_clean",
+    "export_batch",
+    "score_batch",
+    "train",
+    "register",
+    "promote",
+    "notify_serving",
+    "report_run",
+)
 RUNNING = "running"
 RELOAD_TIMEOUT_SECONDS = 10.0
 READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
@@ -111,50 +119,6 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-# --- the batch store: a folder under DATA_DIR, or the S3/MinIO bucket ------------------------------
-
-
-def batch_key(batch: int, name: str) -> str:
-    """Key of one Parquet file of a batch: `batches/<n>/<name>.parquet`."""
-    return f"batches/{batch}/{name}.parquet"
-
-
-def _s3(settings: Settings):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url or None, region_name=settings.aws_region)
-
-
-def write_batch_file(settings: Settings, key: str, frame: pd.DataFrame) -> str:
-    """Write `frame` as Parquet at `key` in the batch store, replacing it whole; returns its location."""
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    if settings.batch_store == "s3":
-        client = _s3(settings)
-        try:
-            client.head_bucket(Bucket=settings.s3_bucket)
-        except client.exceptions.ClientError:
-            client.create_bucket(Bucket=settings.s3_bucket)
-        client.put_object(Bucket=settings.s3_bucket, Key=key, Body=buffer.getvalue())
-        return f"s3://{settings.s3_bucket}/{key}"
-    path = settings.data_dir.resolve() / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)  # atomic: a reader never sees half a file
-    return str(path)
-
-
-def read_batch_file(settings: Settings, key: str) -> pd.DataFrame:
-    """The Parquet file at `key` in the batch store; text columns come back as objects with None for missing."""
-    if settings.batch_store == "s3":
-        body = _s3(settings).get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
-        frame = pd.read_parquet(io.BytesIO(body))
-    else:
-        frame = pd.read_parquet(settings.data_dir.resolve() / key)
-    return frame.astype(object).where(frame.notna(), None)
-
-
 # --- the steps ---------------------------------------------------------------------------------------
 
 
@@ -183,7 +147,7 @@ def fetch_batch(settings: Settings, batch: int | None = None) -> dict:
         raise RunSkipped(str(exc)) from exc
     except LookupError as exc:
         raise BatchRefused(str(exc)) from exc
-    location = write_batch_file(settings, batch_key(fetched.number, "raw"), fetched.rows)
+    location = batch_store.write_batch_file(settings, batch_store.batch_key(fetched.number, "raw"), fetched.rows)
     log.info("batch %d: %d rows fetched, landed at %s", fetched.number, fetched.size, location)
     return {"batch": fetched.number, "total_batches": fetched.total_batches, "rows_fetched": fetched.size}
 
@@ -201,7 +165,7 @@ def _storage(settings: Settings) -> Iterator[Storage]:
 @_timed
 def store_raw(settings: Settings, batch: int) -> dict:
     """Write the landed batch to `diabetes_raw` (replacing what the batch stored before)."""
-    rows = read_batch_file(settings, batch_key(batch, "raw"))
+    rows = batch_store.read_batch_file(settings, batch_store.batch_key(batch, "raw"))
     with _storage(settings) as storage:
         storage.create_schema()
         try:
@@ -209,51 +173,43 @@ def store_raw(settings: Settings, batch: int) -> dict:
         except SchemaError as exc:
             raise BatchRefused(f"batch {batch}: {exc}") from exc
     log.info("batch %d: %d rows stored raw, %d quarantined", batch, written.stored, written.rejected)
-    return {"batch": batch, "rows_received": written.received, "rows_stored_raw": written.stored,
-            "rows_rejected_raw": written.rejected}  # fmt: skip
-
-
-def _cleaned(storage: Storage, batch: int) -> ingest.CleanedBatch:
-    """The batch's stored raw rows validated and cleaned; BatchRefused when none of them can be used."""
-    try:
-        cleaned = ingest.validate_and_clean(storage.raw_batch(batch))
-    except SchemaError as exc:
-        raise BatchRefused(f"batch {batch}: {exc}") from exc
-    if cleaned.clean.empty:
-        reasons = cleaned.quarantined["reason"].drop_duplicates().head(3).tolist() if len(cleaned.quarantined) else []
-        raise BatchRefused(f"batch {batch} holds no valid row ({len(cleaned.quarantined)} rejected, e.g. {reasons})")
-    return cleaned
-
-
-@_timed
-def validate_and_clean(settings: Settings, batch: int) -> dict:
-    """Validate and clean the batch's stored raw rows; BatchRefused for a batch that can never pass."""
-    with _storage(settings) as storage:
-        cleaned = _cleaned(storage, batch)
-    log.info("batch %d: %d rows valid, %d to quarantine", batch, len(cleaned.clean), len(cleaned.quarantined))
-    return {"batch": batch, "rows_valid": len(cleaned.clean), "rows_rejected": len(cleaned.quarantined)}
+    return {
+        "batch": batch,
+        "rows_received": written.received,
+        "rows_stored_raw": written.stored,
+        "rows_rejected_raw": written.rejected,
+    }
 
 
 @_timed
 def store_clean(settings: Settings, batch: int) -> dict:
-    """Write the batch's clean rows, quarantined rows and final counts.
-
-    The clean rows are a pure function of the stored raw rows, so they are derived again here
-    (about 0.6 s per 15,000 rows) instead of staging a second copy between the two tasks.
-    """
+    """Validate and clean the batch's stored raw rows (once), then store the clean rows, the quarantined rows and
+    the batch's final counts; BatchRefused, with nothing written, for a batch without one usable row."""
     with _storage(settings) as storage:
-        counts = ingest.store_clean(storage, batch, _cleaned(storage, batch))
+        try:
+            cleaned = ingest.clean_stored_batch(storage, batch)
+        except SchemaError as exc:
+            raise BatchRefused(f"batch {batch}: {exc}") from exc
+        if cleaned.clean.empty:
+            rejected = cleaned.quarantined
+            reasons = rejected["reason"].drop_duplicates().head(3).tolist() if len(rejected) else []
+            raise BatchRefused(f"batch {batch} holds no valid row ({len(rejected)} rejected, e.g. {reasons})")
+        counts = ingest.store_clean(storage, batch, cleaned)
     log.info("batch %d: %d rows stored clean, %d rejected in all", batch, counts.stored, counts.rejected)
-    return {"batch": batch, "rows_received": counts.received, "rows_stored": counts.stored,
-            "rows_rejected": counts.rejected}  # fmt: skip
+    return {
+        "batch": batch,
+        "rows_received": counts.received,
+        "rows_stored": counts.stored,
+        "rows_rejected": counts.rejected,
+    }
 
 
 @_timed
 def export_batch(settings: Settings, batch: int) -> dict:
     """Export the batch's clean rows as `batches/<n>/clean.parquet`, next to the raw rows landed by fetch_batch."""
     with _storage(settings) as storage:
-        clean = storage.clean_batch(batch)
-    location = write_batch_file(settings, batch_key(batch, "clean"), clean)
+        clean = storage.read_clean_batch(batch)
+    location = batch_store.write_batch_file(settings, batch_store.batch_key(batch, "clean"), clean)
     log.info("batch %d: %d clean rows exported to %s", batch, len(clean), location)
     return {"batch": batch, "rows_exported": len(clean), "clean": location}
 
@@ -280,13 +236,6 @@ def _trained_batches(version: dict) -> set[int]:
     return {int(b) for b in version["tags"].get("lineage.batches", "").split(",") if b}
 
 
-def _clean_encounter_ids(storage: Storage, batch: int) -> list[int]:
-    """The encounter ids the batch stored clean (reading the ids alone, not the ~100 feature columns)."""
-    query = sa.select(diabetes_clean.c.encounter_id).where(diabetes_clean.c.batch_number == batch)
-    with storage.clean.connect() as conn:
-        return list(conn.execute(query).scalars())
-
-
 @_timed
 def score_batch(settings: Settings, batch: int) -> dict:
     """Score the batch's clean encounters with the `@production` model before any training on them.
@@ -308,8 +257,7 @@ def score_batch(settings: Settings, batch: int) -> dict:
     model = registry.load_pipeline(f"models:/{settings.model_name}/{version}", settings)
     threshold = production["metrics"].get("decision_threshold", 0.5)
     with _storage(settings) as storage:
-        raw = storage.raw_batch(batch)
-        rows = raw[raw["encounter_id"].astype("int64").isin(_clean_encounter_ids(storage, batch))].reset_index(drop=True)
+        rows = storage.read_clean_batch(batch)
         labels = features.target(rows[schema.TARGET_COLUMN], settings.target).to_numpy()
         probability = evaluate.positive_probability(model, rows)
         predictions = pd.DataFrame({"encounter_id": rows["encounter_id"].astype("int64"), "probability": probability,

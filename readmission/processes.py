@@ -63,12 +63,19 @@ def start(
     return wait_ready(launch(args, env, log_name, settings), ready_url, logs_dir(settings) / log_name, timeout)
 
 
+def program_name(process: subprocess.Popen) -> str:
+    """The name of the program `process` runs (`airflow`, `gunicorn`...)."""
+    args = process.args
+    first = args[0] if isinstance(args, list | tuple) else args
+    return Path(str(first)).name
+
+
 def wait_ready(process: subprocess.Popen, ready_url: str, log_path: Path, timeout: float = 180.0) -> subprocess.Popen:
     """`process` once `ready_url` answers; stopped, and an error naming its log, if it exits or times out first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{Path(str(process.args[0])).name} exited with {process.returncode}; see {log_path}")
+            raise RuntimeError(f"{program_name(process)} exited with {process.returncode}; see {log_path}")
         if answers(ready_url):
             return process
         time.sleep(0.5)

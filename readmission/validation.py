@@ -16,6 +16,10 @@ import pandas as pd
 from readmission import schema
 
 ID_PATTERN = r"[0-9]{1,18}"  # a whole number that fits a BIGINT, written in digits
+# Ids into the data set's code tables (schema.ADMISSION_TYPES, ...); any whole number that fits an INTEGER is
+# accepted (an unknown code is a level of its own for the features), anything else quarantines the row.
+CODE_COLUMNS = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+MAX_CODE = 2**31 - 1
 REASON_SEPARATOR = "; "
 
 
@@ -102,6 +106,9 @@ def row_problems(frame: pd.DataFrame) -> pd.Series:
     reasons.add(
         whole_numbers(frame["patient_nbr"]).isna(), "patient_nbr must be a whole number, got ", frame["patient_nbr"]
     )
+    for column in CODE_COLUMNS:
+        code = whole_numbers(frame[column]).between(0, MAX_CODE)
+        reasons.add(~code, f"{column} must be a whole number code, got ", frame[column])
     for column, (low, high) in schema.COUNT_RANGES.items():
         plausible = whole_numbers(frame[column]).between(low, high)
         reasons.add(~plausible, f"{column} must be a whole number from {low} to {high}, got ", frame[column])

@@ -17,6 +17,8 @@ from readmission.config import Settings
 from readmission.dataset import synthetic_dataset, write_synthetic_csv
 from tests.servers import MariaDB
 
+pytest_plugins = ["tests.tiers"]
+
 REAL_DATASET = os.environ.get("DATASET_PATH", "")
 
 

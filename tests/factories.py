@@ -40,7 +40,8 @@ def encounter(**overrides) -> dict[str, str]:
 
 
 def labelled_encounters(rows: int = 2_000, seed: int = 0) -> pd.DataFrame:
-    """Synthetic encounters as `Storage.labelled_encounters()` gives them: the 50 columns and their split."""
+    """Synthetic encounters with their split, as `Storage.labelled_encounters()` gives them but with the 50 columns
+    as text (the models compute the same features from text as from the clean table's typed columns)."""
     from readmission.split import assign_split
 
     frame = synthetic_dataset(rows, seed=seed)
@@ -107,7 +108,6 @@ def pipeline_run_figures(batch: int = 3, scored_by: str | None = "2") -> dict[st
         "fetch_batch": {"batch": batch, "total_batches": 7, "rows_fetched": 1_000, "seconds": 1.2},
         "store_raw": {"batch": batch, "rows_received": 1_000, "rows_stored_raw": 1_000, "rows_rejected_raw": 0,
                       "seconds": 2.0},
-        "validate_and_clean": {"batch": batch, "rows_valid": 990, "rows_rejected": 10, "seconds": 0.7},
         "store_clean": {"batch": batch, "rows_received": 1_000, "rows_stored": 990, "rows_rejected": 10,
                         "seconds": 1.5},
         "export_batch": {"batch": batch, "rows_exported": 990, "clean": f"data/batches/{batch}/clean.parquet",
@@ -156,3 +156,65 @@ def saved_model(folder, seed: int = 0, pickled: bool = False):
                                   pip_requirements=["scikit-learn"])  # fmt: skip
         return folder
     return mlflow_model.save_model(pipeline, folder, frame.head(3))
+
+
+# --- stores -------------------------------------------------------------------------------------------
+
+TIMESTAMPS = {"ingested_at", "started_at", "finished_at", "scored_at"}
+STORE_TABLES = {"raw": ("diabetes_raw", "batch_log", "quarantine"), "clean": ("diabetes_clean", "predictions")}
+
+
+def cleaned(raw_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(clean rows, quarantined rows with a reason) of stored raw rows: what the ingestion stores clean."""
+    from readmission.ingest import validate_and_clean
+
+    result = validate_and_clean(raw_rows)
+    return result.clean, result.quarantined
+
+
+def write_raw_and_clean(storage, number: int, frame: pd.DataFrame):
+    """Store a batch raw, then validated and clean, as the DAG's separate tasks do; (raw, final) counts."""
+    raw = storage.write_raw(number, frame, source="test")
+    return raw, storage.write_clean(number, *cleaned(raw.rows))
+
+
+def store_contents(storage) -> dict[str, pd.DataFrame]:
+    """Every table's rows, timestamps and surrogate ids left out, in a stable order."""
+    import sqlalchemy as sa
+
+    tables = {}
+    for side, names in STORE_TABLES.items():
+        engine = getattr(storage, side)
+        for name in names:
+            with engine.connect() as conn:
+                frame = pd.read_sql(sa.text(f"SELECT * FROM {name}"), conn)
+            frame = frame.drop(columns=[c for c in frame.columns if c in TIMESTAMPS or c == "id"])
+            tables[name] = frame.sort_values(list(frame.columns), ignore_index=True)
+    return tables
+
+
+def assert_same_contents(before: dict[str, pd.DataFrame], after: dict[str, pd.DataFrame]) -> None:
+    for name, expected in before.items():
+        pd.testing.assert_frame_equal(after[name], expected, obj=name)
+
+
+def writes_rows_into(statement: str, table: str) -> bool:
+    """Whether `statement` writes rows into `table`: an INSERT, or MySQL's LOAD DATA of a chunk of rows."""
+    loads = statement.startswith("LOAD DATA") and f" INTO TABLE {table} " in statement
+    return loads or statement.startswith(f"INSERT INTO {table} ")
+
+
+def old_layout_clean_table(storage) -> None:
+    """Put the clean table of the older layout (engineered features, target flags) in place of this one."""
+    import sqlalchemy as sa
+
+    storage.drop_clean_table()
+    with storage.clean.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE diabetes_clean (a1c_level DOUBLE NOT NULL, readmitted_any SMALLINT NOT NULL,"
+                " encounter_id BIGINT PRIMARY KEY, patient_nbr BIGINT NOT NULL, split VARCHAR(10) NOT NULL,"
+                " batch_number INTEGER NOT NULL)"
+            )
+        )
+        conn.execute(sa.text("INSERT INTO diabetes_clean VALUES (1.0, 1, 1000, 5, 'train', 1)"))

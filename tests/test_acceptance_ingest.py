@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from readmission import ingest
+from readmission.features import EncounterFeatures
 from readmission.storage import STORED, Storage
 from tests.servers import start_data_api
 
@@ -52,5 +54,11 @@ def test_every_batch_of_the_real_data_set_is_ingested_into_mariadb(real_data_api
     assert float(shares["train"]) == pytest.approx(0.70, abs=0.01)
     assert float(shares["validation"]) == pytest.approx(0.15, abs=0.01)
     assert float(shares["test"]) == pytest.approx(0.15, abs=0.01)
-    assert len(storage.labelled_encounters()) == clean_rows
+    labelled = storage.labelled_encounters()
+    assert len(labelled) == clean_rows
+    # What models train on (the clean table) gives the features the raw text of the same encounters gives.
+    raw = pd.concat([storage.read_raw_batch(number) for number in range(1, 8)], ignore_index=True)
+    raw = raw.set_index(raw["encounter_id"].astype("int64")).loc[labelled["encounter_id"]].reset_index(drop=True)
+    features = EncounterFeatures()
+    pd.testing.assert_frame_equal(features.transform(labelled), features.transform(raw))
     storage.dispose()

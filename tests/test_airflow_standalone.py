@@ -14,7 +14,7 @@ from readmission.config import Settings
 from tests.servers import AirflowAPI, PostgreSQL, free_port, listening, start_airflow, start_data_api, wait_until
 from tests.snapshots import assert_same, snapshot
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 DAG_ID = pipeline.DAG_ID
 # What the runs of both sides are configured with, apart from where they write.

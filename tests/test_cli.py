@@ -9,6 +9,8 @@ import pytest
 
 from readmission.cli import main
 from readmission.config import get_settings
+from readmission.storage import Storage
+from tests.factories import old_layout_clean_table
 from tests.servers import REPO_ROOT, ServerProcess, free_port
 
 
@@ -39,6 +41,26 @@ def test_ingest_every_batch_of_a_file(environment, synthetic_csv, capsys):
         "batch 1: 2500 rows received, 2500 stored raw, 2500 stored clean, 0 quarantined",
         "batch 2: 1500 rows received, 1500 stored raw, 1500 stored clean, 0 quarantined",
     ]
+
+
+def test_a_clean_table_of_an_older_layout_is_named_with_its_fix_and_rebuilt_from_the_raw_rows(
+    environment, synthetic_csv, capsys
+):
+    assert main(["ingest", "--file", str(synthetic_csv), "--batch-size", "2500"]) == 0
+    storage = Storage.from_settings(get_settings())
+    old_layout_clean_table(storage)
+    storage.dispose()
+    capsys.readouterr()
+    assert main(["batches"]) == 1
+    assert f"table diabetes_clean in sqlite:///{environment['DATA_DIR']}" in capsys.readouterr().err
+    assert main(["batches"]) == 1 and "with `readmission rebuild-clean`" in capsys.readouterr().err
+    assert main(["rebuild-clean"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "batch 1: 2500 rows stored clean, 0 quarantined",
+        "batch 2: 1500 rows stored clean, 0 quarantined",
+        "diabetes_clean rebuilt from diabetes_raw: 2 batches, 4000 rows",
+    ]
+    assert main(["batches"]) == 0
 
 
 def test_the_batch_log_of_a_fresh_store_says_nothing_was_ingested(environment, capsys):
@@ -82,6 +104,7 @@ def test_python_dash_m_readmission_lists_the_subcommands():
     assert all(name in completed.stdout for name in ("data-api", "ingest", "batches"))
 
 
+@pytest.mark.servers
 def test_the_data_api_subcommand_serves_the_data_set(synthetic_csv, tmp_path):
     port = free_port()
     server = ServerProcess(

@@ -287,6 +287,7 @@ def data_api_url(synthetic_csv, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.servers
 def test_the_gunicorn_server_serves_every_batch_to_the_client(data_api_url, synthetic_csv):
     batches = [fetch_batch(data_api_url, n) for n in (1, 2, 3, 4)]
 
@@ -299,6 +300,7 @@ def test_the_gunicorn_server_serves_every_batch_to_the_client(data_api_url, synt
         fetch_batch(data_api_url, 5)
 
 
+@pytest.mark.servers
 def test_the_gunicorn_server_gzips_for_gzip_clients_and_answers_json_errors(data_api_url):
     zipped = requests.get(f"{data_api_url}/get_data?batch=4", headers={"Accept-Encoding": "gzip"}, stream=True)
     plain = requests.get(f"{data_api_url}/get_data?batch=4", headers={"Accept-Encoding": "identity"})
@@ -311,6 +313,7 @@ def test_the_gunicorn_server_gzips_for_gzip_clients_and_answers_json_errors(data
     assert requests.get(f"{data_api_url}/health").json()["total_batches"] == 4
 
 
+@pytest.mark.servers
 def test_the_gunicorn_server_says_when_it_is_exhausted_and_starts_over(synthetic_csv, tmp_path):
     server, url = start_data_api(synthetic_csv, tmp_path, batch_size=4_000, interval=0.5, admin_token=ADMIN_TOKEN)
     try:

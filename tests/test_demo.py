@@ -13,7 +13,7 @@ from readmission.demo import BatchOutcome, table
 from readmission.pipeline import LocalRun
 from tests.servers import VENV_BIN, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 
 def local_run(**results) -> LocalRun:
@@ -34,10 +34,10 @@ def test_a_batch_line_says_what_was_stored_scored_trained_and_decided():
 
 
 def test_a_failed_run_names_its_failed_task():
-    run = LocalRun({"store_raw": "success", "validate_and_clean": "failed", "store_clean": "upstream_failed"}, {})
+    run = LocalRun({"store_raw": "success", "store_clean": "failed", "export_batch": "upstream_failed"}, {})
     outcome = BatchOutcome.of(2, run, 3.0)
-    assert outcome.decision == "failed at validate_and_clean" and outcome.rows_stored is None
-    assert table([outcome.row()]).splitlines()[1].split()[-4:] == ["-", "failed", "at", "validate_and_clean"]
+    assert outcome.decision == "failed at store_clean" and outcome.rows_stored is None
+    assert table([outcome.row()]).splitlines()[1].split()[-4:] == ["-", "failed", "at", "store_clean"]
 
 
 def model_version(port: int) -> str:

@@ -17,6 +17,8 @@ from pydantic import SecretStr
 from readmission.config import Settings
 from tests.servers import REPO_ROOT
 
+pytestmark = pytest.mark.servers
+
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 LOCUST_COMPOSE_FILE = REPO_ROOT / "docker-compose-locust.yaml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

@@ -31,6 +31,8 @@ from tests.factories import register_model
 from tests.test_deploy_kubernetes import render, tree  # noqa: F401 - `tree` is a fixture used below
 from tests.browser import PREDICT, PatientForm
 
+pytestmark = pytest.mark.servers
+
 IMAGES = ("airflow", "mlflow", "inference-api", "ui", "data-api", "locust")
 SERVICE_IMAGES = {
     "mlflow": "Dockerfile_mlflow",

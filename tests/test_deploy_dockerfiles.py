@@ -122,20 +122,22 @@ def test_a_service_image_checks_its_own_endpoint(dockerfile):
     image_command(REPO_ROOT / dockerfile)  # and starts in exec form: signals reach the server, not a shell
 
 
-# --- each service image's command is the one the tests start, and the service answers healthy ---------
+# --- each service, started with its image's command (tests/servers.py), passes its healthcheck ----------
 
 
+
+@pytest.mark.servers
 def test_the_data_api_starts_with_its_image_command_and_passes_its_healthcheck(synthetic_csv, tmp_path):
     server, url = start_data_api(synthetic_csv, tmp_path, batch_size=1_000)
     port = int(url.rsplit(":", 1)[1])
     try:
-        assert server.args == run_locally(image_command(DATA_API_DOCKERFILE), DATA_API_DOCKERFILE, port)
         assert passes_healthcheck(DATA_API_DOCKERFILE, port)
     finally:
         server.stop()
     assert not passes_healthcheck(DATA_API_DOCKERFILE, port)  # the check fails when nothing answers
 
 
+@pytest.mark.servers
 def test_the_ui_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     from readmission.ui import serve, ui_command
 
@@ -152,6 +154,7 @@ def test_the_ui_starts_with_its_image_command_and_passes_its_healthcheck(tmp_pat
     assert not passes_healthcheck(dockerfile, port)
 
 
+@pytest.mark.servers
 def test_the_inference_api_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     dockerfile = REPO_ROOT / "fastapi" / "Dockerfile"
     # No model yet: the service is alive (/health) and not ready; its image checks liveness.
@@ -159,20 +162,19 @@ def test_the_inference_api_starts_with_its_image_command_and_passes_its_healthch
     server, url = start_inference_api(settings, tmp_path, wait_for_model=False)
     port = int(url.rsplit(":", 1)[1])
     try:
-        assert server.args == run_locally(image_command(dockerfile), dockerfile, port)
         assert passes_healthcheck(dockerfile, port)
     finally:
         server.stop()
     assert not passes_healthcheck(dockerfile, port)
 
 
+@pytest.mark.servers
 def test_the_mlflow_server_starts_with_its_image_command_and_passes_its_healthcheck(tmp_path):
     # The server reaches S3 only when artifacts move: no S3 endpoint needs to answer for it to start.
     server, url = start_mlflow_image(f"sqlite:///{tmp_path / 'mlflow.db'}", "s3://mlflow-artifacts",
                                      f"http://127.0.0.1:{free_port()}", tmp_path)  # fmt: skip
     port = int(url.rsplit(":", 1)[1])
     try:
-        assert server.args == run_locally(image_command(MLFLOW_DOCKERFILE), MLFLOW_DOCKERFILE, port)
         assert passes_healthcheck(MLFLOW_DOCKERFILE, port)
     finally:
         server.stop()

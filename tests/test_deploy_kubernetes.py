@@ -218,6 +218,7 @@ def checkov() -> str:
     pytest.fail("checkov is not installed: run `make tools`")
 
 
+@pytest.mark.servers
 def test_checkov_fails_no_check_beyond_the_explained_ones(rendered, tmp_path):
     for overlay, objects in rendered.items():
         (tmp_path / f"{overlay}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
@@ -469,6 +470,7 @@ def test_mysql_takes_the_local_files_ingestion_sends(objects):
     assert "--local-infile=ON" in mysql["args"]  # MySQL 8's default is OFF: ingestion would fall back to INSERTs
 
 
+@pytest.mark.servers
 def test_the_mysql_init_script_creates_the_databases_and_least_privilege_users(tmp_path):
     """kubernetes/base/scripts/init-databases.sh against a real server, as the mysql image runs it."""
     import pymysql

@@ -1,4 +1,4 @@
-"""EncounterFeatures: the one cleaning and feature path shared by the clean table and every model."""
+"""EncounterFeatures: the one feature path of every model, from typed clean rows or raw text alike."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from readmission import schema
+from readmission.clean import typed_encounters
+from readmission.dataset import synthetic_dataset
 from readmission.features import UNKNOWN_AGE, CodedEncounters, EncounterFeatures, diagnosis_groups, input_matrix, target
 from tests.factories import encounter
 
@@ -194,3 +196,16 @@ def test_the_targets_are_any_readmission_or_readmission_within_30_days():
     readmitted = pd.Series(["NO", ">30", "<30"])
     assert target(readmitted).tolist() == [0, 1, 1]
     assert target(readmitted, "30day").tolist() == [0, 0, 1]
+
+
+def test_the_typed_columns_of_the_clean_table_give_the_features_of_the_raw_text():
+    raw = synthetic_dataset(2_000, seed=8)  # text, as the data API serves it and diabetes_raw keeps it
+    raw.loc[:5, "race"] = [None, "?", "", "Martian", "Other", "Asian"]
+    raw.loc[6:8, ["payer_code", "medical_specialty", "diag_1"]] = [["?", "?", "?"], [None, None, None], ["", "", ""]]
+    raw.loc[9:10, "admission_source_id"] = ["99", "0"]
+    typed = typed_encounters(raw)
+    assert typed["admission_source_id"].dtype == "int64" and typed.loc[1, "race"] is None
+    pd.testing.assert_frame_equal(EncounterFeatures().transform(typed), EncounterFeatures().transform(raw))
+    pd.testing.assert_frame_equal(
+        EncounterFeatures().transform(typed.head(12)), EncounterFeatures().transform(raw.head(12))
+    )

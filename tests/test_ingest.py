@@ -25,8 +25,8 @@ def test_a_batch_from_the_data_api_is_stored_raw_and_clean(storage, synthetic_da
     assert (result.batch_number, result.received, result.raw_rows, result.clean_rows, result.rejected) == (
         2, 1_000, 1_000, 1_000, 0)  # fmt: skip
     expected = as_served(load_dataset(synthetic_csv).iloc[1_000:2_000])
-    pd.testing.assert_frame_equal(storage.raw_batch(2), expected)
-    assert len(storage.clean_batch(2)) == 1_000
+    pd.testing.assert_frame_equal(storage.read_raw_batch(2), expected)
+    assert len(storage.read_clean_batch(2)) == 1_000
     assert storage.batch_log().loc[0, "status"] == STORED
 
 
@@ -45,7 +45,7 @@ def test_a_batch_whose_every_row_is_quarantined_is_logged_with_nothing_stored(st
     result = ingest.ingest_batch(storage, Batch(number=4, total_batches=4, rows=rows), source="test")
     assert (result.received, result.raw_rows, result.clean_rows, result.rejected) == (30, 0, 0, 30)
     assert storage.batch_log()[["status", "rows_stored", "rows_rejected"]].values.tolist() == [[STORED, 0, 30]]
-    assert len(storage.quarantine(4)) == 30 and storage.clean_batch(4).empty
+    assert len(storage.quarantine(4)) == 30 and storage.read_clean_batch(4).empty
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_a_batch_with_wrong_columns_is_refused_and_nothing_is_written(storage, c
     batch = Batch(number=1, total_batches=1, rows=change(encounter_rows(50)))
     with pytest.raises(SchemaError, match="batch refused"):
         ingest.ingest_batch(storage, batch, source="test")
-    assert storage.batch_log().empty and storage.raw_batch(1).empty and storage.quarantine().empty
+    assert storage.batch_log().empty and storage.read_raw_batch(1).empty and storage.quarantine().empty
 
 
 def test_validate_and_clean_refuses_wrong_columns_before_any_clean_write():
@@ -69,7 +69,7 @@ def test_the_stages_chain_through_the_database_as_the_dag_runs_them(storage):
     rows.loc[3, "readmitted"] = "later"
     rows.loc[4, "encounter_id"] = None
     written = ingest.store_raw(storage, Batch(number=1, total_batches=3, rows=rows), source="test")
-    cleaned = ingest.validate_and_clean(storage.raw_batch(1))  # a later task reads the raw rows back
+    cleaned = ingest.validate_and_clean(storage.read_raw_batch(1))  # a later task reads the raw rows back
     counts = ingest.store_clean(storage, 1, cleaned)
     assert (written.stored, counts.received, counts.stored, counts.rejected) == (89, 90, 88, 2)
     in_memory = ingest.validate_and_clean(written.rows)
@@ -80,7 +80,7 @@ def test_ingest_file_stores_every_batch_numbered_as_the_data_api_numbers_them(st
     results = ingest.ingest_file(storage, synthetic_csv, batch_size=1_500)
     assert [(r.batch_number, r.received, r.clean_rows) for r in results] == [(1, 1_500, 1_500), (2, 1_500, 1_500),
                                                                                (3, 1_000, 1_000)]  # fmt: skip
-    pd.testing.assert_frame_equal(storage.raw_batch(3), as_served(load_dataset(synthetic_csv).iloc[3_000:]))
+    pd.testing.assert_frame_equal(storage.read_raw_batch(3), as_served(load_dataset(synthetic_csv).iloc[3_000:]))
     assert storage.stored_batches() == [1, 2, 3]
     assert set(storage.batch_log()["source"]) == {f"file:{synthetic_csv}"}
     assert storage.labelled_encounters().columns.tolist()[: len(schema.COLUMNS)] == list(schema.COLUMNS)

@@ -192,7 +192,8 @@ def test_capacity_is_the_last_step_before_the_first_breaking_one():
 # --- headless runs ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.servers
+@pytest.mark.servers
 def test_make_loadtest_against_the_inference_service_keeps_the_slos_and_reports(inference_api, tmp_path):
     result = run_load_test(MAKE_LOADTEST, inference_api, tmp_path, loadtest_users=30, loadtest_run_seconds=20,
                            loadtest_spawn_rate=30, loadtest_clinician_weight=8, loadtest_system_weight=1,

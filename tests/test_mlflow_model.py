@@ -102,6 +102,7 @@ def production(tmp_path_factory):
     return settings, environment
 
 
+@pytest.mark.servers
 def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synthetic_csv, tmp_path):
     settings, environment = production
     port = free_port()
@@ -141,6 +142,7 @@ def test_mlflow_models_serve_answers_rows_as_the_data_set_reads(production, synt
     np.testing.assert_allclose(answers, expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.servers  # MLflow's own CLI in a process of its own
 def test_mlflow_models_predict_scores_a_csv_file(production, synthetic_csv, tmp_path):
     settings, environment = production
     uri = f"models:/{settings.model_name}@{settings.model_alias}"

@@ -73,6 +73,7 @@ def test_figures_a_run_does_not_have_are_left_out_rather_than_zero():
     assert "diabetes_pipeline_promotion_decision" in names
 
 
+@pytest.mark.servers
 def test_a_push_replaces_the_previous_runs_metrics(make_settings, pushgateway):
     settings = make_settings(pushgateway_url=pushgateway.url)
     assert monitoring.push_run_metrics(settings, RUN_FIGURES, {"insulin": 0.4}) is True
@@ -87,6 +88,7 @@ def test_a_push_replaces_the_previous_runs_metrics(make_settings, pushgateway):
     assert not [key for key in second if key[0] == "diabetes_pipeline_feature_psi"]
 
 
+@pytest.mark.servers
 def test_the_pushed_metrics_carry_the_pipelines_job_label(make_settings, pushgateway):
     monitoring.push_run_metrics(make_settings(pushgateway_url=pushgateway.url), RUN_FIGURES)
     families = {f.name: f for f in text_string_to_metric_families(pushgateway.metrics())}
@@ -126,6 +128,7 @@ def trained_store(make_settings, tmp_path):
     return settings
 
 
+@pytest.mark.servers
 def test_a_reported_run_pushes_the_batchs_drift_against_the_scoring_models_training_data(trained_store, pushgateway):
     settings = trained_store.model_copy(update={"pushgateway_url": pushgateway.url})
     report = monitoring.report_run(settings, pipeline_run_figures(batch=1, scored_by="1"))
@@ -138,6 +141,7 @@ def test_a_reported_run_pushes_the_batchs_drift_against_the_scoring_models_train
     assert time.time() - 600 < found[("diabetes_pipeline_production_model_created_timestamp_seconds", ())] < time.time()
 
 
+@pytest.mark.servers
 def test_a_run_whose_drift_cannot_be_measured_still_pushes_its_figures(make_settings, pushgateway, caplog,
                                                                        monkeypatch):  # fmt: skip
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -22,6 +22,8 @@ from readmission.loadtest import request_body
 from tests.factories import encounter_rows, pipeline_run_figures, register_model
 from tests.servers import REPO_ROOT, PrometheusServer, Pushgateway, start_inference_api, wait_until
 
+pytestmark = pytest.mark.servers
+
 DASHBOARDS = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
 RULES = REPO_ROOT / "prometheus" / "alert_rules.yml"
 # Grafana's macros, as Grafana would fill them in for a short time range and a 1 s scrape interval.

@@ -10,9 +10,10 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from readmission import pipeline
+from readmission import batch_store, ingest, pipeline
 from readmission.config import Settings
 from readmission.storage import Storage
+from readmission.validation import split_valid_rows
 from tests.servers import S3_TEST_CREDENTIALS, free_port
 
 
@@ -44,7 +45,7 @@ def test_a_fetched_batch_lands_in_the_batch_store_exactly_as_served(make_setting
     settings = make_settings(data_api_url=synthetic_data_api)
     fetched = pipeline.fetch_batch(settings, 2)
     assert fetched | {"seconds": 0} == {"batch": 2, "total_batches": 4, "rows_fetched": 1_000, "seconds": 0}
-    landed = pipeline.read_batch_file(settings, pipeline.batch_key(2, "raw"))
+    landed = batch_store.read_batch_file(settings, batch_store.batch_key(2, "raw"))
     pd.testing.assert_frame_equal(landed, synthetic_frame.iloc[1_000:2_000].reset_index(drop=True).astype(object))
 
 
@@ -68,8 +69,11 @@ def test_the_batch_store_round_trips_text_and_missing_values_on_s3(make_settings
         monkeypatch.setenv(name, value)
     settings = make_settings(batch_store="s3", s3_bucket="batches-test", s3_endpoint_url=s3_server.url)
     frame = pd.DataFrame({"max_glu_serum": ["None", "?", None], "encounter_id": ["1", "2", "3"]}, dtype=object)
-    assert pipeline.write_batch_file(settings, "batches/1/raw.parquet", frame) == "s3://batches-test/batches/1/raw.parquet"
-    back = pipeline.read_batch_file(settings, "batches/1/raw.parquet")
+    assert (
+        batch_store.write_batch_file(settings, "batches/1/raw.parquet", frame)
+        == "s3://batches-test/batches/1/raw.parquet"
+    )
+    back = batch_store.read_batch_file(settings, "batches/1/raw.parquet")
     assert back["max_glu_serum"].tolist() == ["None", "?", None]
 
 
@@ -97,13 +101,16 @@ def test_an_unreachable_inference_service_is_a_warning_not_a_failure(make_settin
 
 def land(settings: Settings, batch: int, rows: pd.DataFrame) -> None:
     """Put rows where fetch_batch lands a batch, as if the data API had served them."""
-    pipeline.write_batch_file(settings, pipeline.batch_key(batch, "raw"), rows.astype(object))
+    batch_store.write_batch_file(settings, batch_store.batch_key(batch, "raw"), rows.astype(object))
 
 
 def ingest_landed(settings: Settings, batch: int) -> dict:
     """The DAG's storage steps for one landed batch; their results by step name."""
-    steps = ("store_raw", "validate_and_clean", "store_clean", "export_batch")
-    return {step: getattr(pipeline, step)(settings, batch) for step in steps}
+    return {
+        "store_raw": pipeline.store_raw(settings, batch),
+        "store_clean": pipeline.store_clean(settings, batch),
+        "export_batch": pipeline.export_batch(settings, batch),
+    }
 
 
 def table_counts(settings: Settings) -> dict[str, int]:
@@ -125,20 +132,40 @@ def test_a_landed_batch_is_stored_raw_and_clean_and_exported(make_settings, synt
     land(settings, 1, rows)
     results = ingest_landed(settings, 1)
     assert results["store_raw"]["rows_stored_raw"] == 500
-    assert results["validate_and_clean"] | {"seconds": 0} == {"batch": 1, "rows_valid": 495, "rows_rejected": 5, "seconds": 0}
-    assert results["store_clean"]["rows_stored"] == 495
+    assert results["store_clean"] | {"seconds": 0} == {
+        "batch": 1,
+        "rows_received": 500,
+        "rows_stored": 495,
+        "rows_rejected": 5,
+        "seconds": 0,
+    }
     assert table_counts(settings) == {"diabetes_raw": 500, "quarantine": 5, "diabetes_clean": 495}
     exported = pd.read_parquet(results["export_batch"]["clean"])
     assert len(exported) == 495 and set(exported["batch_number"]) == {1}
+    assert exported["time_in_hospital"].dtype == "int64" and exported["encounter_id"].dtype == "int64"
+
+
+def test_the_storage_steps_validate_and_clean_a_batch_once(make_settings, synthetic_frame, monkeypatch):
+    settings = make_settings()
+    land(settings, 1, synthetic_frame.iloc[:200])
+    validated = []
+
+    def counted(raw_rows):
+        validated.append(len(raw_rows))
+        return split_valid_rows(raw_rows)
+
+    monkeypatch.setattr(ingest, "split_valid_rows", counted)
+    ingest_landed(settings, 1)
+    assert validated == [200]
 
 
 def test_running_the_storage_steps_again_changes_nothing(make_settings, synthetic_frame):
     settings = make_settings()
     land(settings, 1, synthetic_frame.iloc[:300])
     ingest_landed(settings, 1)
-    before = (table_counts(settings), Storage.from_settings(settings).clean_batch(1))
+    before = (table_counts(settings), Storage.from_settings(settings).read_clean_batch(1))
     ingest_landed(settings, 1)
-    after = (table_counts(settings), Storage.from_settings(settings).clean_batch(1))
+    after = (table_counts(settings), Storage.from_settings(settings).read_clean_batch(1))
     assert before[0] == after[0] == {"diabetes_raw": 300, "quarantine": 0, "diabetes_clean": 300}
     pd.testing.assert_frame_equal(before[1], after[1])
 
@@ -151,10 +178,10 @@ def test_a_batch_with_a_missing_column_is_refused_before_anything_is_written(mak
     assert table_counts(settings) == {"diabetes_raw": 0, "quarantine": 0, "diabetes_clean": 0}
 
 
-def test_a_batch_without_one_usable_row_is_refused_at_validation(make_settings, synthetic_frame):
+def test_a_batch_without_one_usable_row_is_refused_before_anything_is_stored_clean(make_settings, synthetic_frame):
     settings = make_settings()
     land(settings, 1, synthetic_frame.iloc[:100].assign(readmitted="YES"))
     pipeline.store_raw(settings, 1)
     with pytest.raises(pipeline.BatchRefused, match="no valid row .*readmitted must be one of"):
-        pipeline.validate_and_clean(settings, 1)
+        pipeline.store_clean(settings, 1)
     assert table_counts(settings) == {"diabetes_raw": 100, "quarantine": 0, "diabetes_clean": 0}

@@ -21,11 +21,11 @@ from tests.servers import S3_TEST_CREDENTIALS, free_port, start_data_api, wait_u
 from tests.snapshots import assert_same
 from tests.snapshots import snapshot as stores_snapshot
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 RETRY_DELAY_SECONDS = 2
 BUCKET = "pipeline-e2e-batches"
-STORAGE_TASKS = ("check_source", "fetch_batch", "store_raw", "validate_and_clean", "store_clean", "export_batch")
+STORAGE_TASKS = ("check_source", "fetch_batch", "store_raw", "store_clean", "export_batch")
 
 
 # --- the stack (MariaDB, moto's S3 server and the MLflow server are the session's, see conftest) ---------
@@ -98,7 +98,9 @@ def table_names(url: str) -> list[str]:
 # --- the runs ----------------------------------------------------------------------------------------
 
 
-def test_two_batches_flow_to_a_promoted_model_and_a_rerun_changes_nothing_unless_retraining_is_forced(pipeline_dag, stack, s3_server):
+def test_two_batches_flow_to_a_promoted_model_and_a_rerun_changes_nothing_unless_retraining_is_forced(
+    pipeline_dag, stack, s3_server
+):
     first = run(pipeline_dag, batch=1)
     assert set(states(first).values()) == {"success"}, first
     after_first = snapshot(stack, s3_server)
@@ -160,13 +162,13 @@ def test_a_malformed_batch_fails_at_validation_without_retries_and_nothing_is_wr
     monkeypatch.setenv("DATA_API_URL", malformed_data_api)
     result = run(pipeline_dag, batch=2)
     order = task_order(pipeline_dag)
-    failed = order.index("validate_and_clean")
+    failed = order.index("store_clean")
     assert states(result) == {
         **{task: "success" for task in order[:failed]},
-        "validate_and_clean": "failed",
+        "store_clean": "failed",
         **{task: "upstream_failed" for task in order[failed + 1 :]},
     }
-    assert result["validate_and_clean"][1] == 1  # refused at once: retrying cannot fix a batch
+    assert result["store_clean"][1] == 1  # refused at once: retrying cannot fix a batch
     written = snapshot(stack, s3_server)
     assert len(written["diabetes_raw"]) == 1_000
     assert written["batch_log"]["status"].tolist() == ["raw_stored"]

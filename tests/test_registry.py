@@ -250,6 +250,37 @@ def test_a_worse_challenger_is_kept_as_challenger(on_server, plain_model, chance
     assert float(tags["gate.challenger_roc_auc"]) < float(tags["gate.champion_roc_auc"]) - 0.01
 
 
+def test_a_challenger_better_than_the_champion_but_below_the_floor_stays_a_challenger(
+    make_settings, plain_model, chance_model
+):
+    champion = log(chance_model, make_settings(promotion_min_auc=0.4))
+    registry.run_gate(make_settings(promotion_min_auc=0.4), champion, TEST_ROWS)
+    settings = make_settings(promotion_min_auc=0.99)
+    challenger = log(plain_model, settings)
+
+    decision = registry.run_gate(settings, challenger, TEST_ROWS)
+
+    assert decision.challenger_auc > decision.champion_auc + 0.1
+    assert decision.decision == "kept_as_challenger" and "below the floor 0.99" in decision.reason
+    assert aliases(settings) == {"production": champion, "challenger": challenger}
+
+
+def test_a_challenger_worse_than_the_champion_but_within_the_tolerance_is_promoted(
+    make_settings, plain_model, chance_model
+):
+    settings = make_settings(promotion_min_auc=0.4, promotion_tolerance=0.5, promotion_group_tolerance=1.0)
+    champion = log(plain_model, settings)
+    registry.run_gate(settings, champion, TEST_ROWS)
+    challenger = log(chance_model, settings)
+
+    decision = registry.run_gate(settings, challenger, TEST_ROWS)
+
+    assert decision.challenger_auc < decision.champion_auc - 0.1
+    assert decision.promoted and "within the tolerance 0.5" in decision.reason
+    assert aliases(settings) == {"production": challenger}
+    assert version_tags(settings, challenger)["previous_champion"] == champion
+
+
 def test_a_challenger_worse_on_one_patient_group_is_refused_naming_the_group(make_settings):
     """The challenger learnt from data whose women's labels are noise: as good overall within a loose tolerance,
     far worse for women than the champion, so PROMOTION_GROUP_TOLERANCE keeps it out of production."""

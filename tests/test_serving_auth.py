@@ -123,6 +123,7 @@ def test_apikey_new_prints_the_key_once_and_the_line_for_the_secret(capsys):
 # --- the running service ---------------------------------------------------------------------------
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("method, path", GUARDED)
 def test_without_a_key_or_with_an_unknown_one_the_answer_is_401(guarded_api, method, path):
     url, _ = guarded_api
@@ -133,6 +134,7 @@ def test_without_a_key_or_with_an_unknown_one_the_answer_is_401(guarded_api, met
     assert "API key" in missing.json()["detail"] and unknown.json()["detail"] == "unknown API key"
 
 
+@pytest.mark.servers
 def test_a_known_key_without_the_right_gets_403_and_with_it_an_answer(guarded_api, keys):
     url, _ = guarded_api
     assert call(url, "post", "/predict", bearer(keys["dashboard"])).status_code == 403
@@ -143,12 +145,14 @@ def test_a_known_key_without_the_right_gets_403_and_with_it_an_answer(guarded_ap
     assert call(url, "post", "/predict/batch", bearer(keys["clinic"])).json()["rows"] == 1
 
 
+@pytest.mark.servers
 def test_probes_and_prometheus_need_no_key(guarded_api):
     url, _ = guarded_api
     answers = [requests.get(f"{url}{path}", timeout=10).status_code for path in ("/health", "/ready", "/metrics")]
     assert answers == [200, 200, 200]
 
 
+@pytest.mark.servers
 def test_requests_are_counted_per_key_name_and_the_key_never_shows(guarded_api, keys):
     url, _ = guarded_api
     before = requests.get(f"{url}/metrics", timeout=10).text
@@ -167,6 +171,7 @@ def test_requests_are_counted_per_key_name_and_the_key_never_shows(guarded_api, 
     assert not any(key in after or key_hash(key) in after for key in keys.values())
 
 
+@pytest.mark.servers
 def test_a_key_over_the_rate_limit_is_answered_429_with_retry_after(guarded_api, keys):
     url, _ = guarded_api
     with requests.Session() as session:
@@ -180,6 +185,7 @@ def test_a_key_over_the_rate_limit_is_answered_429_with_retry_after(guarded_api,
     assert call(url, "post", "/predict", bearer(keys["clinic"])).status_code == 200  # other keys are not held back
 
 
+@pytest.mark.servers
 def test_the_openapi_page_documents_the_key_scheme_on_the_guarded_routes_only(guarded_api):
     url, _ = guarded_api
     spec = requests.get(f"{url}/openapi.json", timeout=10).json()
@@ -206,6 +212,7 @@ def test_try_it_out_on_the_docs_page_works_with_a_key(guarded_api, keys, browser
     assert '"risk_band"' in docs.response_body()
 
 
+@pytest.mark.servers
 def test_patient_identifiers_and_free_text_appear_in_no_log_and_no_metric(guarded_api, keys):
     url, log_path = guarded_api
     marks = {"encounter_id": "908172635", "patient_nbr": "564738291", "note": "Jane-Roe-free-text-ZQX"}

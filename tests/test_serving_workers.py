@@ -22,6 +22,8 @@ from readmission.serving.schemas import EXAMPLE_ENCOUNTER
 from tests.factories import metric, register_model
 from tests.servers import MlflowServer, start_inference_api, wait_until
 
+pytestmark = pytest.mark.servers
+
 WORKERS = 2
 QUIET_SECONDS = 1.0  # no new count for this long: the last responses have been counted
 

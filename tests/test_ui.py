@@ -24,6 +24,8 @@ from readmission.serving.schemas import RISK_LABELS, BatchPrediction, Encounter
 from readmission.ui import batch, forms, model_card
 from tests.servers import REPO_ROOT, free_port, http_ok, start_inference_api, wait_until
 
+pytestmark = pytest.mark.servers
+
 # --- the page under test ------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from tests.browser import PREDICT, PatientForm
 from tests.factories import monitored_store
 from tests.servers import REPO_ROOT, ServerProcess, free_port, image_command, run_locally
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 DOCKERFILE = REPO_ROOT / "streamlit" / "Dockerfile"
 SCREENSHOTS = REPO_ROOT / "reports" / "screenshots"

@@ -30,7 +30,7 @@ from tests.servers import (
     start_inference_api,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 DOCKERFILE = REPO_ROOT / "streamlit" / "Dockerfile"
 USERS = {

@@ -96,12 +96,12 @@ def _msgspec_struct() -> type[msgspec.Struct]:
     """The `Encounter` model as a msgspec struct: input fields `input_<i>` named as the columns in JSON."""
     inputs = [(_field(i), _msgspec_type(spec)) if spec.required else (_field(i), _msgspec_type(spec), spec.default)
               for i, spec in enumerate(FIELDS.values())]  # fmt: skip
-    ignored = [(column, kind, None) for column, kind in IGNORED_FIELD_TYPES.items()]
+    ignored: list[tuple[str, Any] | tuple[str, Any, Any]] = [(column, kind, None) for column, kind in IGNORED_FIELD_TYPES.items()]
     return msgspec.defstruct("FastEncounter", inputs + ignored, kw_only=True, forbid_unknown_fields=True, gc=False,
                              rename={_field(i): column for i, column in enumerate(FIELDS)})  # fmt: skip
 
 
-FAST_DECODER = msgspec.json.Decoder(list[_msgspec_struct()])
+FAST_DECODER: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(list[_msgspec_struct()])  # type: ignore[misc]
 _input_values = attrgetter(*(_field(i) for i in range(INPUT_COUNT)))
 
 
@@ -134,7 +134,7 @@ def _explained(body: bytes, max_rows: int) -> np.ndarray:
 
 
 def _error(row: int | None, column: str, message: str, kind: str) -> dict[str, Any]:
-    loc = ["body", column] if row is None else ["body", row, column]
+    loc: list[str | int] = ["body", column] if row is None else ["body", row, column]
     return {"loc": loc, "msg": message, "type": kind}
 
 
@@ -175,13 +175,15 @@ def _accepted(spec: FieldSpec, distinct: np.ndarray, numbers: np.ndarray) -> tup
     if spec.codes is not None:
         valid = whole & np.isin(numbers, list(spec.codes))
     else:
-        valid = whole & (numbers >= spec.count_range[0]) & (numbers <= spec.count_range[1])
+        assert spec.count_range is not None
+        low, high = spec.count_range
+        valid = whole & (numbers >= low) & (numbers <= high)
     return valid, np.where(valid, numbers, 0).astype(np.int64).astype(object)
 
 
 def _cell_errors(refused: np.ndarray, texts: np.ndarray) -> list[dict[str, Any]]:
     """An error for each refused cell (`refused`: columns x rows; `texts`: each cell's text, None when empty)."""
-    errors = []
+    errors: list[dict[str, Any]] = []
     for column_at, row in zip(*np.nonzero(refused)):  # column after column
         if len(errors) == MAX_ERRORS:
             break

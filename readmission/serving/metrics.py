@@ -10,6 +10,7 @@ workers. Process metrics (CPU, memory) are added per live worker by `WorkerProce
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ class WorkerProcesses(Collector):
     def collect(self):
         families: dict[str, Metric] = {}
         for pid in self.pids():
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=partial(int, pid), registry=None).collect():
                 merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 for sample in family.samples:
                     merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)

@@ -18,7 +18,7 @@ from readmission import schema
 from readmission.dataset import read_csv_text
 from readmission.serving.schemas import FIELDS, RISK_BANDS, BatchPrediction, Encounter
 
-ENCOUNTER_LIST = TypeAdapter(list[Encounter])
+ENCOUNTER_LIST: TypeAdapter[list[Encounter]] = TypeAdapter(list[Encounter])
 PREDICTION_COLUMNS = ("probability", "risk_band", "prediction", "label")
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -75,7 +75,8 @@ def _reasons(error: ValidationError, frame: pd.DataFrame) -> dict[int, str]:
     """Validation errors grouped by row: `column = 'value': message; ...`."""
     reasons: dict[int, list[str]] = {}
     for entry in error.errors(include_url=False, include_input=False):
-        row, *where = entry["loc"]
+        position, *where = entry["loc"]
+        row = int(position)  # a list is validated: its errors start at the row's position
         column = ".".join(str(p) for p in where)
         value = frame.at[frame.index[row], column] if column in frame.columns else None
         shown = f"{column} = {value!r}" if value is not None and not pd.isna(value) else column

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -30,7 +31,7 @@ class Choice:
 
     column: str
     label: str
-    labels: Mapping[object, str]  # raw value -> what the clinician reads, in display order
+    labels: Mapping[Any, str]  # raw value -> what the clinician reads, in display order
     default: object
     help: str = ""
 
@@ -186,7 +187,7 @@ def form_problems(values: Mapping[str, object]) -> dict[str, str]:
     """What is wrong with the form, by column: malformed diagnosis codes, then what the API's model rejects."""
     problems = {column: f"'{values[column]}' is not an ICD-9 code (e.g. 428, 250.01, V45, E878)."
                 for column, field in FIELDS.items()
-                if isinstance(field, DiagnosisCode) and not looks_like_icd9(values.get(column))}  # fmt: skip
+                if isinstance(field, DiagnosisCode) and not looks_like_icd9(str(values.get(column) or ""))}  # fmt: skip
     return field_errors(encounter_payload(values)) | problems
 
 
