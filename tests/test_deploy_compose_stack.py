@@ -28,6 +28,8 @@ from tests.conftest import REAL_DATASET
 from tests.engine import IMAGE_TAG, Container, RunOptions, container_engine, engine_run, image_exists
 from tests.servers import REPO_ROOT, AirflowAPI, wait_until
 
+pytestmark = pytest.mark.servers
+
 DAG_ID = "diabetes_pipeline"
 BATCH_SIZE = 1_000
 API_KEY, API_KEYS_ENTRY = new_key("compose-test")
@@ -172,7 +174,8 @@ def test_airflow_carries_batch_1_from_the_data_api_through_mysql_to_the_registry
     assert any(key.endswith("MLmodel") for key in keys), keys[:20]
 
 
-def test_the_inference_container_serves_the_promoted_version_after_its_reload(stack, pipeline_run):
+@pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
+def test_the_inference_container_serves_the_promoted_version_after_its_reload(stack):
     url, version = stack.url("inference-api", 8000), production_version(stack)
     wait_until(lambda: requests.get(f"{url}/ready", timeout=5).json().get("model_version") == version,
                timeout=180, interval=3, what=f"the inference API to serve version {version}")  # fmt: skip
@@ -187,7 +190,8 @@ def test_the_inference_container_serves_the_promoted_version_after_its_reload(st
     assert answer.json()["model_version"] == version
 
 
-def test_the_ui_container_shows_a_prediction_of_the_inference_container(stack, pipeline_run, browser):
+@pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
+def test_the_ui_container_shows_a_prediction_of_the_inference_container(stack, browser):
     version = production_version(stack)
     browser.get(stack.url("streamlit", 8501))
     page = PatientForm(browser, timeout=90)
@@ -198,7 +202,8 @@ def test_the_ui_container_shows_a_prediction_of_the_inference_container(stack, p
     assert "Traceback" not in page.text()
 
 
-def test_prometheus_scrapes_every_target_and_the_inference_request_counter(stack, pipeline_run):
+@pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
+def test_prometheus_scrapes_every_target_and_the_inference_request_counter(stack):
     url = stack.url("prometheus", 9090)
     requests.get(f"{stack.url('inference-api', 8000)}/health", timeout=10)  # at least one request counted
 
@@ -222,7 +227,8 @@ def test_prometheus_scrapes_every_target_and_the_inference_request_counter(stack
     assert heartbeats.json()["data"]["result"], "no StatsD metric of Airflow's scheduler reached Prometheus"
 
 
-def test_the_locust_image_runs_headless_against_the_inference_container_and_exits_0(stack, pipeline_run):
+@pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
+def test_the_locust_image_runs_headless_against_the_inference_container_and_exits_0(stack):
     options = RunOptions(user="10001:10001", read_only=True, tmpfs=["/app/reports", "/tmp"],
                          drop_all_capabilities=True, no_new_privileges=True)  # fmt: skip
     locust = Container(
@@ -253,7 +259,8 @@ def test_the_locust_image_runs_headless_against_the_inference_container_and_exit
     assert "/predict" in logs, f"no prediction request in Locust's statistics:\n{logs}"
 
 
-def test_down_leaves_no_container_and_up_again_keeps_the_data(stack, pipeline_run):
+@pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
+def test_down_leaves_no_container_and_up_again_keeps_the_data(stack):
     version, artifacts = production_version(stack), artifact_keys(stack)
     rows = mysql_rows(stack, "SELECT COUNT(*) FROM raw_data_db.diabetes_raw")
     stack.down()
