@@ -13,7 +13,7 @@ APT_PACKAGES := mariadb-server postgresql prometheus prometheus-pushgateway chro
 # The container engine the container tests build and run every image with (podman: no daemon; runc,
 # as crun refuses hybrid cgroups; the dnsname plugin resolves compose service names), debootstrap for
 # the stand-in base images (tests/containers/).
-APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-containernetworking-plugin-dnsname podman-compose
+APT_PACKAGES += podman runc uidmap fuse-overlayfs debootstrap golang-github-containernetworking-plugin-dnsname
 # podman's engine settings (runtime, cgroups, ulimits) come from the project, not the machine's /etc.
 export CONTAINERS_CONF ?= $(CURDIR)/containers.conf
 
@@ -69,9 +69,12 @@ stand-in-images: system-deps
 	tests/containers/python/build.sh
 	tests/containers/airflow/build.sh
 	tests/containers/postgres/build.sh
+	tests/containers/mysql/build.sh
+	tests/containers/minio/build.sh
+	tests/containers/prometheus/build.sh
 
 test-containers: system-deps install stand-in-images images ## Build every image and run the container tests alone
-	$(BIN)/python -m pytest tests/test_deploy_containers.py
+	$(BIN)/python -m pytest tests/test_deploy_containers.py tests/test_deploy_compose_stack.py
 
 airflow: install ## Airflow's scheduler and UI (http://127.0.0.1:8080) with the DAG, and a data API to pull from
 	$(BIN)/readmission airflow

@@ -55,3 +55,24 @@ def test_every_copied_path_is_sent_to_the_build_and_exists():
 def test_no_secret_is_baked_into_the_image():
     settings = " ".join(arguments_of("ENV") + arguments_of("ARG"))
     assert not re.search(r"(PASSWORD|TOKEN|SECRET|ACCESS_KEY)", settings, re.IGNORECASE)
+
+
+def test_the_requirements_pin_every_dependency_the_tasks_import():
+    # The package goes in with --no-deps: what its core, `storage` and `ml` extras need must be pinned in
+    # requirements.txt, or come with Airflow itself (SQLAlchemy, pydantic, requests).
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    def normalised(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    pinned = {normalised(Requirement(line).name) for line in lines if line.strip() and not line.startswith("#")}
+    needed = {
+        normalised(requirement.name)
+        for requirement in map(Requirement, requires("readmission"))
+        if requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in ("storage", "ml"))
+    }
+    missing = needed - pinned - {"readmission", "sqlalchemy", "pydantic", "requests"}
+    assert not missing, f"requirements.txt misses {sorted(missing)}: the Airflow image would not have them"

@@ -282,6 +282,14 @@ def test_the_load_test_stack_joins_this_network_and_finds_the_api(compose, servi
         assert host in services and int(port) in PUBLISHED[host], url
 
 
+def test_the_clients_of_the_inference_api_present_their_own_api_key(services):
+    # The API refuses /predict and /model without a key listed in API_KEYS, as on Kubernetes.
+    assert services["inference-api"]["environment"]["API_KEYS"].startswith("${API_KEYS:?")
+    assert services["streamlit"]["environment"]["API_KEY"].startswith("${API_KEY:?")
+    for name, service in load(LOCUST_COMPOSE_FILE)["services"].items():
+        assert "API_KEY" in service["environment"], f"{name} sends no API key"
+
+
 def test_mysql_takes_the_local_files_ingestion_sends(services):
     # MySQL 8's default is OFF, and ingestion would fall back to INSERTs.
     assert "--local-infile=ON" in services["mysql"]["command"]
