@@ -155,10 +155,13 @@ class ComposeStack:
         begin, deadline = time.monotonic(), time.monotonic() + timeout
         while True:
             startable = sorted(
-                s for s in pending
-                if all(self.condition_met(d, c.get("condition", "service_started"))
-                       for d, c in self.services[s].get("depends_on", {}).items())
-            )  # fmt: skip
+                s
+                for s in pending
+                if all(
+                    self.condition_met(d, c.get("condition", "service_started"))
+                    for d, c in self.services[s].get("depends_on", {}).items()
+                )
+            )
             if startable:
                 self.compose("up", "--detach", "--no-deps", "--no-build", *startable)
                 started |= set(startable)
@@ -167,8 +170,11 @@ class ComposeStack:
                 one_shot = (
                     self.services[service].get("restart", "no") == "no" and "healthcheck" not in self.services[service]
                 )
-                condition = "service_completed_successfully" if one_shot else (
-                    "service_healthy" if "healthcheck" in self.services[service] else "service_started")  # fmt: skip
+                condition = (
+                    "service_completed_successfully"
+                    if one_shot
+                    else ("service_healthy" if "healthcheck" in self.services[service] else "service_started")
+                )
                 if self.condition_met(service, condition):
                     ready_after[service] = round(time.monotonic() - begin)
             if not pending and set(ready_after) == wanted:

@@ -18,10 +18,10 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
+from readmission.serving.schemas import EXAMPLE_ENCOUNTER, RISK_LABELS
 
 from readmission.config import Settings
 from readmission.serving.auth import new_key
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER, RISK_LABELS
 from tests.browser import PREDICT, PatientForm
 from tests.compose_stack import ComposeStack
 from tests.conftest import REAL_DATASET
@@ -104,8 +104,16 @@ def stack(tmp_path_factory, synthetic_csv):
 
 def mysql_rows(stack: ComposeStack, query: str) -> list[str]:
     """The rows of a query, run by the MySQL client inside the MySQL container."""
-    result = stack.exec("mysql", "mysql", "--user=root", f"--password={SECRETS['MYSQL_ROOT_PASSWORD']}",
-                        "--batch", "--skip-column-names", "--execute", query)  # fmt: skip
+    result = stack.exec(
+        "mysql",
+        "mysql",
+        "--user=root",
+        f"--password={SECRETS['MYSQL_ROOT_PASSWORD']}",
+        "--batch",
+        "--skip-column-names",
+        "--execute",
+        query,
+    )
     return result.stdout.splitlines()
 
 
@@ -177,14 +185,21 @@ def test_airflow_carries_batch_1_from_the_data_api_through_mysql_to_the_registry
 @pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
 def test_the_inference_container_serves_the_promoted_version_after_its_reload(stack):
     url, version = stack.url("inference-api", 8000), production_version(stack)
-    wait_until(lambda: requests.get(f"{url}/ready", timeout=5).json().get("model_version") == version,
-               timeout=180, interval=3, what=f"the inference API to serve version {version}")  # fmt: skip
+    wait_until(
+        lambda: requests.get(f"{url}/ready", timeout=5).json().get("model_version") == version,
+        timeout=180,
+        interval=3,
+        what=f"the inference API to serve version {version}",
+    )
     key = {"Authorization": f"Bearer {API_KEY}"}
     assert requests.get(f"{url}/model", timeout=10).status_code == 401  # API_KEYS is set: no key, no answer
     model = requests.get(f"{url}/model", headers=key, timeout=10)
     assert model.status_code == 200, model.text
     assert (model.json()["name"], model.json()["version"], model.json()["alias"]) == (
-        SETTINGS.model_name, version, SETTINGS.model_alias)  # fmt: skip
+        SETTINGS.model_name,
+        version,
+        SETTINGS.model_alias,
+    )
     answer = requests.post(f"{url}/predict", json=EXAMPLE_ENCOUNTER, headers=key, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == version
@@ -229,8 +244,13 @@ def test_prometheus_scrapes_every_target_and_the_inference_request_counter(stack
 
 @pytest.mark.usefixtures("pipeline_run")  # after batch 1 went through
 def test_the_locust_image_runs_headless_against_the_inference_container_and_exits_0(stack):
-    options = RunOptions(user="10001:10001", read_only=True, tmpfs=["/app/reports", "/tmp"],
-                         drop_all_capabilities=True, no_new_privileges=True)  # fmt: skip
+    options = RunOptions(
+        user="10001:10001",
+        read_only=True,
+        tmpfs=["/app/reports", "/tmp"],
+        drop_all_capabilities=True,
+        no_new_privileges=True,
+    )
     locust = Container(
         f"readmission-locust:{IMAGE_TAG}",
         options,
@@ -273,5 +293,9 @@ def test_down_leaves_no_container_and_up_again_keeps_the_data(stack):
     assert production_version(stack) == version
     assert artifact_keys(stack) == artifacts
     url = stack.url("inference-api", 8000)
-    wait_until(lambda: requests.get(f"{url}/ready", timeout=5).json().get("model_version") == version,
-               timeout=180, interval=3, what=f"the inference API to load version {version} again")  # fmt: skip
+    wait_until(
+        lambda: requests.get(f"{url}/ready", timeout=5).json().get("model_version") == version,
+        timeout=180,
+        interval=3,
+        what=f"the inference API to load version {version} again",
+    )
