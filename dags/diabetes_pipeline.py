@@ -152,8 +152,9 @@ def report_run(_notified: dict) -> dict:
     """Push what every task returned, and the batch's drift, to the Pushgateway (readmission.monitoring)."""
     from readmission import monitoring, pipeline
 
-    results = get_current_context()["ti"].xcom_pull(task_ids=list(pipeline.TASK_IDS[:-1]))
-    return monitoring.report_run(_run_settings(), dict(zip(pipeline.TASK_IDS, results, strict=True)))
+    earlier_tasks = pipeline.TASK_IDS[:-1]
+    results = get_current_context()["ti"].xcom_pull(task_ids=list(earlier_tasks))
+    return monitoring.report_run(_run_settings(), dict(zip(earlier_tasks, results, strict=True)))
 
 
 @dag(
