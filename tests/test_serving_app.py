@@ -126,7 +126,7 @@ def test_the_model_card_describes_the_production_version_and_its_lineage(api, fi
 def test_a_prediction_is_the_registered_pipelines_answer_in_plain_words(api, registry_settings, encounters):
     card = requests.get(f"{api}/model", timeout=10).json()
     expected = served_pipeline(registry_settings, card["version"]).predict_proba(encounters)[:, 1]
-    for body, probability in zip(bodies(encounters.head(10)), expected, strict=True):
+    for body, probability in zip(bodies(encounters.head(10)), expected[:10], strict=True):
         answer = requests.post(f"{api}/predict", json=body, timeout=10).json()
         assert answer["probability"] == pytest.approx(probability, abs=1e-12)
         assert answer["prediction"] == int(probability >= card["decision_threshold"])
@@ -265,7 +265,7 @@ def test_a_json_batch_is_scored_in_order_like_single_requests(api, encounters):
     batch = requests.post(f"{api}/predict/batch", json=rows, timeout=30).json()
     assert batch["rows"] == 12 and len(batch["predictions"]) == 12 and batch["model_version"]
     singles = [requests.post(f"{api}/predict", json=row, timeout=10).json() for row in rows[:4]]
-    for single, row_answer in zip(singles, batch["predictions"], strict=True):
+    for single, row_answer in zip(singles, batch["predictions"][:4], strict=True):
         assert {k: single[k] for k in row_answer} == row_answer
 
 
