@@ -18,7 +18,7 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
-from readmission.serving.schemas import EXAMPLE_ENCOUNTER, RISK_LABELS
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER, RISK_LABELS
 
 from readmission.config import Settings
 from readmission.serving.auth import new_key
