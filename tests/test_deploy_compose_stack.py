@@ -18,9 +18,9 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
-from readmission.serving.api_models import EXAMPLE_ENCOUNTER, RISK_LABELS
 
 from readmission.config import Settings
+from readmission.serving.api_models import EXAMPLE_ENCOUNTER, RISK_LABELS
 from readmission.serving.auth import new_key
 from tests.browser import PREDICT, PatientForm
 from tests.compose_stack import ComposeStack
