@@ -79,11 +79,16 @@ def serve(settings: Settings, log_path: Path | None = None) -> subprocess.Popen:
     """Start the UI server on `UI_HOST:UI_PORT`, talking to `API_URL`; returns the running process.
 
     The process runs until stopped (`.terminate()`); `ui_url(settings)` is its address and
-    `<url>/_stcore/health` answers `ok` once it is up. Output goes to `log_path` when given.
+    `<url>/_stcore/health` answers `ok` once it is up. Output goes to `log_path` when given, and then
+    the server runs in a session of its own, as the platform's other background servers do: a Ctrl-C
+    in the terminal reaches the caller alone, which stops it (otherwise the UI could stop first and
+    the caller take that for a crash).
     """
     command = ui_command(settings.ui_port, settings.ui_host, str(Path(sys.executable).parent / "streamlit"))
     root, environment = project_root(), ui_environment(settings)
     if log_path is None:
         return subprocess.Popen(command, cwd=root, env=environment)
     with open(log_path, "ab") as log:  # the child keeps its own handle
-        return subprocess.Popen(command, cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
