@@ -85,8 +85,12 @@ def wait_ready(process: subprocess.Popen, ready_url: str, log_path: Path, timeou
 
 def stop_on_sigterm() -> None:
     """Make SIGTERM end this process as Ctrl-C does, so that what it started is stopped too (`finally` runs);
-    the servers run in sessions of their own, which a signal to this process's group does not reach."""
+    the servers run in sessions of their own, which a signal to this process's group does not reach.
+
+    Ctrl-C (SIGINT) gets Python's own handler back too: a process started in the background by a shell
+    inherits SIGINT ignored, and Python then installs no handler, so Ctrl-C would never stop it."""
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
