@@ -23,6 +23,18 @@ from tests.servers import wait_until
 # that share one machine's image store apart, for `make images` and these tests alike.
 IMAGE_TAG = os.environ.get("IMAGE_TAG", "local")
 VARIABLE_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+# A short headless Locust run of the Locust image against the inference container (named inference-api).
+LOCUST_SMOKE_ENV = {
+    "API_URL": "http://inference-api:8000",
+    "LOADTEST_USERS": "2",
+    "LOADTEST_SPAWN_RATE": "2",
+    "LOADTEST_RUN_SECONDS": "15",
+    "LOADTEST_BATCH_ROWS": "20",
+    "LOADTEST_POOL_ROWS": "200",
+    "SLO_P95_PREDICT_MS": "10000",
+    "SLO_MAX_FAILURE_RATIO": "0",
+}
+LOCUST_SMOKE_ARGS = ["locust", "-f", "/app/locust/locustfile.py", "--headless", "--csv", "/app/reports/stats"]
 
 
 def container_engine() -> str:

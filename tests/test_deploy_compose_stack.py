@@ -25,7 +25,16 @@ from readmission.serving.auth import new_key
 from tests.browser import PREDICT, PatientForm
 from tests.compose_stack import ComposeStack
 from tests.conftest import REAL_DATASET
-from tests.engine import IMAGE_TAG, Container, RunOptions, container_engine, engine_run, image_exists
+from tests.engine import (
+    IMAGE_TAG,
+    LOCUST_SMOKE_ARGS,
+    LOCUST_SMOKE_ENV,
+    Container,
+    RunOptions,
+    container_engine,
+    engine_run,
+    image_exists,
+)
 from tests.servers import REPO_ROOT, AirflowAPI, wait_until
 
 pytestmark = pytest.mark.servers
@@ -256,18 +265,8 @@ def test_the_locust_image_runs_headless_against_the_inference_container_and_exit
         options,
         stack.network,
         "locust",
-        env={
-            "API_URL": "http://inference-api:8000",
-            "API_KEY": API_KEY,
-            "LOADTEST_USERS": "2",
-            "LOADTEST_SPAWN_RATE": "2",
-            "LOADTEST_RUN_SECONDS": "15",
-            "LOADTEST_BATCH_ROWS": "20",
-            "LOADTEST_POOL_ROWS": "200",
-            "SLO_P95_PREDICT_MS": "10000",
-            "SLO_MAX_FAILURE_RATIO": "0",
-        },
-        args=["locust", "-f", "/app/locust/locustfile.py", "--headless", "--csv", "/app/reports/stats"],
+        env={**LOCUST_SMOKE_ENV, "API_KEY": API_KEY},
+        args=LOCUST_SMOKE_ARGS,
     )
     try:
         locust.start()

@@ -20,6 +20,8 @@ from readmission.serving.api_models import EXAMPLE_ENCOUNTER, RISK_LABELS
 from tests.browser import PREDICT, PatientForm
 from tests.engine import (
     IMAGE_TAG,
+    LOCUST_SMOKE_ARGS,
+    LOCUST_SMOKE_ENV,
     Container,
     Network,
     RunOptions,
@@ -238,17 +240,8 @@ def test_the_locust_image_runs_headless_against_the_inference_container_and_exit
         options,
         network,
         "locust",
-        env={
-            "API_URL": "http://inference-api:8000",
-            "LOADTEST_USERS": "2",
-            "LOADTEST_SPAWN_RATE": "2",
-            "LOADTEST_RUN_SECONDS": "15",
-            "LOADTEST_BATCH_ROWS": "20",
-            "LOADTEST_POOL_ROWS": "200",
-            "SLO_P95_PREDICT_MS": "10000",
-            "SLO_MAX_FAILURE_RATIO": "0",
-        },
-        args=["locust", "-f", "/app/locust/locustfile.py", "--headless", "--csv", "/app/reports/stats"],
+        env=LOCUST_SMOKE_ENV,
+        args=LOCUST_SMOKE_ARGS,
     )
     started.append(container)
     container.start()

@@ -39,25 +39,11 @@ NO_ENDPOINT = {
     "Dockerfile": "one Airflow image for four roles: docker-compose.yaml and kubernetes/ check each role's endpoint",
     "locust/Dockerfile": "a load generator that runs headless to completion, not a service",
 }
-# Problems reported to the lead for the Dockerfile's owner: each test fails until fixed (strict xfail),
-# then fails as XPASS until its entry here is removed.
-# (Dockerfile, check) -> why it is known to fail; each entry is a strict xfail, so a fix shows up.
-KNOWN_PROBLEMS: dict[tuple[str, str], str] = {}
 DOCKERFILES = sorted(
     path.relative_to(REPO_ROOT).as_posix()
     for path in [*REPO_ROOT.glob("Dockerfile*"), *REPO_ROOT.glob("*/Dockerfile")]
     if path.is_file() and not path.name.endswith(".dockerignore") and not path.parent.name.startswith(".")
 )
-
-
-def each_dockerfile(check: str) -> list:
-    """DOCKERFILES as parameters, the known problems of `check` marked."""
-    return [
-        pytest.param(d, marks=pytest.mark.xfail(strict=True, reason=KNOWN_PROBLEMS[d, check]))
-        if (d, check) in KNOWN_PROBLEMS
-        else d
-        for d in DOCKERFILES
-    ]
 
 
 def instructions(dockerfile: str, keyword: str) -> list[str]:
@@ -85,7 +71,7 @@ def test_every_dockerfile_is_known_to_serve_an_endpoint_or_not():
     assert not unknown, f"say whether these serve an endpoint (ENDPOINTS or NO_ENDPOINT): {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("dockerfile", each_dockerfile("base"))
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_the_base_image_is_pinned(dockerfile):
     stages = set()
     for arguments in instructions(dockerfile, "FROM"):
@@ -99,7 +85,7 @@ def test_the_base_image_is_pinned(dockerfile):
         assert "@sha256:" in image or (name and tag != "latest" and re.search(r"\d", tag)), f"{image} is not pinned"
 
 
-@pytest.mark.parametrize("dockerfile", each_dockerfile("user"))
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_the_image_runs_as_a_numeric_non_root_user(dockerfile):
     users = instructions(dockerfile, "USER")
     assert users, f"{dockerfile} runs as its base image's user"
@@ -108,7 +94,7 @@ def test_the_image_runs_as_a_numeric_non_root_user(dockerfile):
     assert int(users[-1].split(":")[0]) != 0, f"{dockerfile} runs as root"
 
 
-@pytest.mark.parametrize("dockerfile", each_dockerfile("context"))
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_the_image_receives_only_what_it_needs(dockerfile):
     ignore = REPO_ROOT / f"{dockerfile}.dockerignore"  # BuildKit reads <Dockerfile>.dockerignore
     assert ignore.is_file(), f"{dockerfile} would be sent the whole repository (data, .venv, .git)"
